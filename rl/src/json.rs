@@ -6,6 +6,7 @@
 //! them the same way. This reader is total: any input gives `Ok` or `Err`, never a panic, and
 //! nesting deeper than [`MAX_DEPTH`] is an error rather than a stack overflow.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Deepest nesting accepted (Python fails with `RecursionError` around 1000).
@@ -13,20 +14,21 @@ pub const MAX_DEPTH: usize = 256;
 
 /// A parsed JSON value. Objects keep their members in order; lookups take the last duplicate.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Json {
+pub enum Json<'a> {
     Null,
     Bool(bool),
     /// Every JSON number as f64, as Python's float would hold it (integers past 2^53 round;
     /// overflow is ±inf; `NaN`/`Infinity` literals included).
     Number(f64),
-    String(String),
-    Array(Vec<Json>),
-    Object(Vec<(String, Json)>),
+    /// Borrowed from the input unless it holds escapes.
+    String(Cow<'a, str>),
+    Array(Vec<Json<'a>>),
+    Object(Vec<(Cow<'a, str>, Json<'a>)>),
 }
 
-impl Json {
+impl<'a> Json<'a> {
     /// The value of `key` in an object (last duplicate wins, as in a Python dict).
-    pub fn get(&self, key: &str) -> Option<&Json> {
+    pub fn get(&self, key: &str) -> Option<&Json<'a>> {
         match self {
             Json::Object(members) => members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
@@ -58,8 +60,9 @@ impl fmt::Display for JsonError {
 impl std::error::Error for JsonError {}
 
 /// Parses one JSON document (surrounding JSON whitespace allowed, nothing else after it).
-pub fn parse(text: &str) -> Result<Json, JsonError> {
+pub fn parse(text: &str) -> Result<Json<'_>, JsonError> {
     let mut p = Parser {
+        text,
         s: text.as_bytes(),
         i: 0,
     };
@@ -72,12 +75,44 @@ pub fn parse(text: &str) -> Result<Json, JsonError> {
     Ok(v)
 }
 
+/// `(bbox_2d, point_2d)` of one answer item, each `Some` when it is 4 (2) JSON numbers.
+pub type AnswerFields = (Option<[f64; 4]>, Option<[f64; 2]>);
+
+/// The answer list read straight into objects (no tree is built): the same result as
+/// [`parse`] followed by reading `bbox_2d` / `point_2d` of the first `max_objects` items, and
+/// the same errors (the whole document is still validated).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnswerList {
+    NotJson(JsonError),
+    NotAList,
+    List {
+        /// `(bbox_2d, point_2d)` of each of the first `max_objects` items; a field is `Some`
+        /// only for an array of exactly 4 (2) JSON numbers. Non-object items have neither.
+        objects: Vec<AnswerFields>,
+        total_items: usize,
+    },
+}
+
+/// Reads an answer list; see [`AnswerList`].
+pub fn parse_answer_list(text: &str, max_objects: usize) -> AnswerList {
+    let mut p = Parser {
+        text,
+        s: text.as_bytes(),
+        i: 0,
+    };
+    match p.answer_list(max_objects) {
+        Ok(list) => list,
+        Err(e) => AnswerList::NotJson(e),
+    }
+}
+
 struct Parser<'a> {
+    text: &'a str,
     s: &'a [u8],
     i: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn err(&self, reason: &'static str) -> JsonError {
         JsonError {
             offset: self.i,
@@ -104,7 +139,7 @@ impl Parser<'_> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Json, JsonError> {
+    fn value(&mut self, depth: usize) -> Result<Json<'a>, JsonError> {
         if depth > MAX_DEPTH {
             return Err(self.err("nesting too deep"));
         }
@@ -127,7 +162,7 @@ impl Parser<'_> {
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<Json, JsonError> {
+    fn array(&mut self, depth: usize) -> Result<Json<'a>, JsonError> {
         self.i += 1; // '['
         let mut items = Vec::new();
         self.skip_ws();
@@ -150,7 +185,7 @@ impl Parser<'_> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<Json, JsonError> {
+    fn object(&mut self, depth: usize) -> Result<Json<'a>, JsonError> {
         self.i += 1; // '{'
         let mut members = Vec::new();
         self.skip_ws();
@@ -184,6 +219,131 @@ impl Parser<'_> {
         }
     }
 
+    fn answer_list(&mut self, max_objects: usize) -> Result<AnswerList, JsonError> {
+        self.skip_ws();
+        if self.peek() != Some(b'[') {
+            self.value(0)?;
+            self.skip_ws();
+            if self.i != self.s.len() {
+                return Err(self.err("extra data after the JSON value"));
+            }
+            return Ok(AnswerList::NotAList);
+        }
+        self.i += 1;
+        let mut objects = Vec::new();
+        let mut total = 0usize;
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+        } else {
+            loop {
+                self.skip_ws();
+                if total < max_objects && self.peek() == Some(b'{') {
+                    objects.push(self.answer_object()?);
+                } else {
+                    self.value(1)?;
+                    if total < max_objects {
+                        objects.push((None, None));
+                    }
+                }
+                total += 1;
+                self.skip_ws();
+                match self.peek() {
+                    Some(b',') => self.i += 1,
+                    Some(b']') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return Err(self.err("expected ',' or ']' in array")),
+                }
+            }
+        }
+        self.skip_ws();
+        if self.i != self.s.len() {
+            return Err(self.err("extra data after the JSON value"));
+        }
+        Ok(AnswerList::List {
+            objects,
+            total_items: total,
+        })
+    }
+
+    fn answer_object(&mut self) -> Result<AnswerFields, JsonError> {
+        self.i += 1; // '{'
+        let (mut bbox, mut point) = (None, None);
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok((bbox, point));
+        }
+        loop {
+            self.skip_ws();
+            if self.peek() != Some(b'"') {
+                return Err(self.err("expected a string key in object"));
+            }
+            let key = self.string()?;
+            self.skip_ws();
+            if self.peek() != Some(b':') {
+                return Err(self.err("expected ':' after object key"));
+            }
+            self.i += 1;
+            self.skip_ws();
+            // Last duplicate wins, as in a Python dict.
+            match key.as_ref() {
+                "bbox_2d" => bbox = self.number_array::<4>()?,
+                "point_2d" => point = self.number_array::<2>()?,
+                _ => {
+                    self.value(2)?;
+                }
+            }
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok((bbox, point));
+                }
+                _ => return Err(self.err("expected ',' or '}' in object")),
+            }
+        }
+    }
+
+    /// Any value; `Some` when it is an array of exactly `N` numbers.
+    fn number_array<const N: usize>(&mut self) -> Result<Option<[f64; N]>, JsonError> {
+        if self.peek() != Some(b'[') {
+            self.value(2)?;
+            return Ok(None);
+        }
+        self.i += 1;
+        let mut out = [0f64; N];
+        let mut count = 0usize;
+        let mut all_numbers = true;
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(if N == 0 { Some(out) } else { None });
+        }
+        loop {
+            self.skip_ws();
+            match self.value(3)? {
+                Json::Number(n) if count < N => out[count] = n,
+                Json::Number(_) => {}
+                _ => all_numbers = false,
+            }
+            count += 1;
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return Err(self.err("expected ',' or ']' in array")),
+            }
+        }
+        Ok((all_numbers && count == N).then_some(out))
+    }
+
     fn digits(&mut self) -> usize {
         let start = self.i;
         while let Some(b'0'..=b'9') = self.peek() {
@@ -193,7 +353,7 @@ impl Parser<'_> {
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?`, read as Python's float would.
-    fn number(&mut self) -> Result<Json, JsonError> {
+    fn number(&mut self) -> Result<Json<'a>, JsonError> {
         let start = self.i;
         if self.peek() == Some(b'-') {
             self.i += 1;
@@ -244,8 +404,24 @@ impl Parser<'_> {
         Ok(v)
     }
 
-    fn string(&mut self) -> Result<String, JsonError> {
+    fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.i += 1; // opening quote
+        // Fast path: no escape before the closing quote → borrow from the input.
+        let start = self.i;
+        let mut j = start;
+        while let Some(&c) = self.s.get(j) {
+            if c == b'"' {
+                if let Some(t) = self.text.get(start..j) {
+                    self.i = j + 1;
+                    return Ok(Cow::Borrowed(t));
+                }
+                break;
+            }
+            if c == b'\\' || c < 0x20 {
+                break;
+            }
+            j += 1;
+        }
         let mut out = String::new();
         loop {
             // Copy the run of plain bytes at once (the input is valid UTF-8 and quotes,
@@ -264,7 +440,7 @@ impl Parser<'_> {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => {
                     self.i += 1;
-                    return Ok(out);
+                    return Ok(Cow::Owned(out));
                 }
                 Some(b'\\') => {
                     self.i += 1;
@@ -333,6 +509,10 @@ mod tests {
         let v = parse(r#"{"a": 1, "a": 2, "s": "x\u00e9\ud83d\ude00\n"}"#).unwrap();
         assert_eq!(v.get("a"), Some(&Json::Number(2.0)));
         assert_eq!(v.get("s"), Some(&Json::String("xé😀\n".into())));
+        assert!(matches!(
+            parse("\"plain\"").unwrap(),
+            Json::String(Cow::Borrowed("plain"))
+        ));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! thousands of objects) parses to a [`ParsedResponse`] without panicking. Callers holding raw
 //! bytes that may end inside a UTF-8 sequence use [`ParsedResponse::from_bytes`].
 
-use crate::json::{self, Json};
-use crate::text::{first_enclosed, is_py_space, py_strip};
+use crate::json::{self, AnswerList};
+use crate::text::{find_tag, first_enclosed, is_py_space, py_strip};
 
 /// One object of the answer list, as read. A field is `Some` only when it has the right arity
 /// and every entry is a JSON number (booleans and strings are not numbers).
@@ -110,7 +110,7 @@ pub fn think_format_matches(s: &str) -> bool {
         return false;
     };
     let mut from = OPEN.len();
-    while let Some(off) = s.get(from..).and_then(|rest| rest.find(CLOSE)) {
+    while let Some(off) = s.get(from..).and_then(|rest| find_tag(rest, CLOSE)) {
         let close_at = from + off;
         let after = &s[close_at + CLOSE.len()..];
         let trimmed = after.trim_start_matches(is_py_space);
@@ -123,35 +123,20 @@ pub fn think_format_matches(s: &str) -> bool {
     false
 }
 
-fn numbers<const N: usize>(v: Option<&Json>) -> Option<[f64; N]> {
-    let Some(Json::Array(items)) = v else {
-        return None;
-    };
-    if items.len() != N {
-        return None;
-    }
-    let mut out = [0.0; N];
-    for (o, item) in out.iter_mut().zip(items) {
-        *o = item.as_number()?;
-    }
-    Some(out)
-}
-
 fn parse_answer_json(text: &str, max_objects: usize) -> Answer {
-    match json::parse(text) {
-        Err(e) => Answer::NotJson(e.to_string()),
-        Ok(Json::Array(items)) => Answer::Objects {
-            total_items: items.len(),
-            objects: items
-                .iter()
-                .take(max_objects)
-                .map(|item| PredictedObject {
-                    bbox_2d: numbers::<4>(item.get("bbox_2d")),
-                    point_2d: numbers::<2>(item.get("point_2d")),
-                })
+    match json::parse_answer_list(text, max_objects) {
+        AnswerList::NotJson(e) => Answer::NotJson(e.to_string()),
+        AnswerList::NotAList => Answer::NotAList,
+        AnswerList::List {
+            objects,
+            total_items,
+        } => Answer::Objects {
+            total_items,
+            objects: objects
+                .into_iter()
+                .map(|(bbox_2d, point_2d)| PredictedObject { bbox_2d, point_2d })
                 .collect(),
         },
-        Ok(_) => Answer::NotAList,
     }
 }
 

@@ -190,10 +190,25 @@ pub fn answer_format_reward(objects: &[PredictedObject]) -> f64 {
 /// `R_nr`: split on '.', strip, drop empties; 1 while fewer than `dup_threshold` sentences
 /// repeat an earlier one exactly.
 pub fn non_repeat_reward(text: &str, dup_threshold: usize) -> f64 {
-    let mut seen = HashSet::new();
+    // Reasoning is a handful of sentences: a linear scan beats hashing until it is not.
+    const LINEAR: usize = 32;
+    let mut small: Vec<&str> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     let mut repeats = 0usize;
     for sentence in text.split('.').map(py_strip).filter(|s| !s.is_empty()) {
-        if !seen.insert(sentence) {
+        let new = if seen.is_empty() && small.len() < LINEAR {
+            let new = !small.contains(&sentence);
+            if new {
+                small.push(sentence);
+            }
+            new
+        } else {
+            if seen.is_empty() {
+                seen.extend(small.drain(..));
+            }
+            seen.insert(sentence)
+        };
+        if !new {
             repeats += 1;
             if repeats >= dup_threshold {
                 return 0.0;
@@ -276,7 +291,12 @@ pub fn segmentation_reward(
     let weight = |h: [bool; 3]| h.iter().map(|&x| i64::from(x)).sum::<i64>();
 
     // kuhn_munkres needs rows <= columns; it maximises the total weight (= total hits).
-    let pairs: Vec<(usize, usize)> = if k <= n {
+    // With one prediction or one GT object the optimum is simply the best single pair.
+    let pairs: Vec<(usize, usize)> = if k == 1 || n == 1 {
+        let all = (0..k).flat_map(|i| (0..n).map(move |j| (i, j)));
+        let best = all.max_by_key(|&(i, j)| (weight(hit(i, j)), std::cmp::Reverse((i, j))));
+        best.into_iter().collect()
+    } else if k <= n {
         let m = Matrix::from_fn(k, n, |(i, j)| weight(hit(i, j)));
         let (_, cols) = kuhn_munkres(&m);
         cols.into_iter().enumerate().collect()

@@ -111,6 +111,64 @@ fn gt_objects() -> impl Strategy<Value = Vec<GroundTruthObject>> {
     )
 }
 
+/// The answer list read through the general JSON tree, as the reference semantics define it.
+fn via_tree(text: &str, max_objects: usize) -> json::AnswerList {
+    use json::Json;
+    fn nums<const N: usize>(v: Option<&Json>) -> Option<[f64; N]> {
+        let Some(Json::Array(items)) = v else {
+            return None;
+        };
+        if items.len() != N {
+            return None;
+        }
+        let mut out = [0.0; N];
+        for (o, it) in out.iter_mut().zip(items) {
+            *o = it.as_number()?;
+        }
+        Some(out)
+    }
+    match json::parse(text) {
+        Err(e) => json::AnswerList::NotJson(e),
+        Ok(Json::Array(items)) => json::AnswerList::List {
+            total_items: items.len(),
+            objects: items
+                .iter()
+                .take(max_objects)
+                .map(|it| (nums::<4>(it.get("bbox_2d")), nums::<2>(it.get("point_2d"))))
+                .collect(),
+        },
+        Ok(_) => json::AnswerList::NotAList,
+    }
+}
+
+fn same_answer(a: &json::AnswerList, b: &json::AnswerList) -> bool {
+    use json::AnswerList::*;
+    // NaN != NaN: compare bit patterns.
+    let bits4 = |x: &Option<[f64; 4]>| x.map(|v| v.map(f64::to_bits));
+    let bits2 = |x: &Option<[f64; 2]>| x.map(|v| v.map(f64::to_bits));
+    match (a, b) {
+        (NotJson(_), NotJson(_)) | (NotAList, NotAList) => true,
+        (
+            List {
+                objects: oa,
+                total_items: ta,
+            },
+            List {
+                objects: ob,
+                total_items: tb,
+            },
+        ) => {
+            ta == tb
+                && oa.len() == ob.len()
+                && oa
+                    .iter()
+                    .zip(ob)
+                    .all(|(x, y)| bits4(&x.0) == bits4(&y.0) && bits2(&x.1) == bits2(&y.1))
+        }
+        _ => false,
+    }
+}
+
 fn check_bounds(resp: &str, g: &[GroundTruthObject]) {
     let r = score_response(resp, g, &RewardConfig::default());
     assert!(r.think_format == 0.0 || r.think_format == 1.0);
@@ -134,7 +192,18 @@ proptest! {
     #[test]
     fn reward_is_total_and_bounded_on_token_soup(s in soup(), g in gt_objects()) {
         check_bounds(&s, &g);
-        let _ = json::parse(&s);
+        let streamed = json::parse_answer_list(&s, 3);
+        prop_assert!(same_answer(&streamed, &via_tree(&s, 3)), "{:?}", s);
+    }
+
+    #[test]
+    fn streaming_answer_reader_matches_the_tree(
+        items in prop::collection::vec(prop_oneof![object_json(), soup(), Just("{\"bbox_2d\": [1,2,3,4], \"bbox_2d\": [1,\"2\",3,4]}".to_string())], 0..5),
+        sep in prop_oneof![Just(","), Just(", "), Just(",,"), Just(" ")],
+    ) {
+        let text = format!("[{}]", items.join(sep));
+        let streamed = json::parse_answer_list(&text, 3);
+        prop_assert!(same_answer(&streamed, &via_tree(&text, 3)), "{:?}", text);
     }
 }
 
