@@ -11,6 +11,8 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use candle_core::{DType, Tensor};
+
 use crate::{Error, Result};
 
 /// Operations data-parallel ranks perform together. Every rank must call the same operations
@@ -29,6 +31,15 @@ pub trait Collective: Send + Sync {
     /// Waits until every rank has arrived.
     fn barrier(&self) -> Result<()> {
         self.all_reduce_sum_f64(&mut [0.0])
+    }
+    /// Element-wise f32 sum of a tensor across ranks, returned on the tensor's device. The
+    /// default goes through host memory; a device collective (NCCL) overrides it to reduce in
+    /// place on the GPU.
+    fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        let shape = t.shape().clone();
+        let mut host = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        self.all_reduce_sum(&mut host)?;
+        Ok(Tensor::from_vec(host, shape, t.device())?)
     }
 }
 

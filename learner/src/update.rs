@@ -274,23 +274,24 @@ pub fn train_step<M: PolicyModel>(
             }
         }
 
-        // Sum gradients and losses across ranks (one flat buffer: one collective call).
-        let mut flat: Vec<f32> = Vec::new();
-        for (slot, v) in acc.iter().zip(&vars) {
-            match slot {
-                Some(g) => flat.extend(g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-                None => flat.extend(std::iter::repeat_n(0f32, v.elem_count())),
-            }
-        }
-        collective.all_reduce_sum(&mut flat)?;
+        // Sum gradients and losses across ranks: one flat f32 buffer on the model's device, one
+        // collective call.
+        let parts = acc
+            .iter()
+            .zip(&vars)
+            .map(|(slot, v)| match slot {
+                Some(g) => g.to_dtype(DType::F32)?.flatten_all(),
+                None => Tensor::zeros(v.elem_count(), DType::F32, v.device()),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let flat = collective.all_reduce_sum_tensor(&Tensor::cat(&parts, 0)?)?;
         let mut loss_buf = [loss_sum];
         collective.all_reduce_sum_f64(&mut loss_buf)?;
         let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(vars.len());
         let mut offset = 0;
         for v in &vars {
             let n = v.elem_count();
-            let g = Tensor::from_slice(&flat[offset..offset + n], v.shape(), v.device())?;
-            grads.push(Some(g));
+            grads.push(Some(flat.narrow(0, offset, n)?.reshape(v.shape())?));
             offset += n;
         }
         let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
