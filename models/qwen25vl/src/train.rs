@@ -1,0 +1,128 @@
+//! Teacher-forced log-probabilities of responses, differentiable end to end.
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::model::Policy;
+use crate::processor::{PreparedPrompt, PromptBatch};
+use crate::{Error, Result};
+
+/// Prompts (left-padded to `P`) followed by their responses (right-padded to `R`), the layout
+/// the learner trains on.
+#[derive(Debug, Clone)]
+pub struct ResponseBatch {
+    /// The whole `[B, P + R]` sequence with its mask and positions.
+    pub sequence: PromptBatch,
+    /// Padded prompt length `P`.
+    pub prompt_len: usize,
+    /// `[B, R]` u32 response tokens (padding = pad id).
+    pub response_ids: Tensor,
+    /// `[B, R]` f32, 1 on real response tokens.
+    pub response_mask: Tensor,
+}
+
+impl ResponseBatch {
+    /// Builds the batch; `responses[i]` continues `prompts[i]` (include the stop token if it was
+    /// generated). Errors if a sequence would exceed `max_len` positions.
+    pub fn new(
+        prompts: &[&PreparedPrompt],
+        responses: &[Vec<u32>],
+        pad_token_id: u32,
+        max_len: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        if prompts.len() != responses.len() {
+            return Err(Error::Generation(format!(
+                "{} prompts but {} responses",
+                prompts.len(),
+                responses.len()
+            )));
+        }
+        for (i, (p, r)) in prompts.iter().zip(responses).enumerate() {
+            if p.input_ids.len() + r.len() > max_len {
+                return Err(Error::Prompt {
+                    index: i,
+                    reason: format!(
+                        "prompt {} + response {} tokens exceed the context of {max_len}",
+                        p.input_ids.len(),
+                        r.len()
+                    ),
+                });
+            }
+        }
+        let prompt = PromptBatch::new(prompts, pad_token_id, device)?;
+        let (b, p) = prompt.input_ids.dims2()?;
+        let r = responses.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = vec![pad_token_id; b * r];
+        let mut mask = vec![0u8; b * r];
+        let mut pos = vec![0i64; 3 * b * r];
+        for (row, resp) in responses.iter().enumerate() {
+            for (j, &t) in resp.iter().enumerate() {
+                ids[row * r + j] = t;
+                mask[row * r + j] = 1;
+                for a in 0..3 {
+                    pos[(a * b + row) * r + j] = prompt.next_positions[row] + j as i64;
+                }
+            }
+        }
+        let resp_ids = Tensor::from_vec(ids, (b, r), device)?;
+        let resp_mask = Tensor::from_vec(mask, (b, r), device)?;
+        let resp_pos = Tensor::from_vec(pos, (3, b, r), device)?;
+        let sequence = PromptBatch {
+            input_ids: Tensor::cat(&[&prompt.input_ids, &resp_ids], 1)?,
+            attention_mask: Tensor::cat(&[&prompt.attention_mask, &resp_mask], 1)?,
+            position_ids: Tensor::cat(&[&prompt.position_ids, &resp_pos], 2)?,
+            pixel_values: prompt.pixel_values.clone(),
+            grids: prompt.grids.clone(),
+            next_positions: prompt.next_positions.clone(),
+            lengths: prompt
+                .lengths
+                .iter()
+                .zip(responses)
+                .map(|(l, r)| l + r.len())
+                .collect(),
+        };
+        Ok(Self {
+            sequence,
+            prompt_len: p,
+            response_ids: resp_ids,
+            response_mask: resp_mask.to_dtype(DType::F32)?,
+        })
+    }
+}
+
+/// Per-token results over the response positions, each `[B, R]` f32.
+#[derive(Debug, Clone)]
+pub struct TokenLogProbs {
+    /// `log p(response_t | prefix)`; differentiable.
+    pub logp: Tensor,
+    /// Entropy of the next-token distribution at each response position; differentiable.
+    pub entropy: Tensor,
+    /// 1 on real response tokens, 0 on padding.
+    pub mask: Tensor,
+}
+
+impl Policy {
+    /// Teacher-forced log-probs and entropies of the responses in `batch`, using only ops with
+    /// backward passes. With `freeze_vision` the image features are detached (no vision grads).
+    pub fn response_logprobs(
+        &self,
+        batch: &ResponseBatch,
+        freeze_vision: bool,
+    ) -> Result<TokenLogProbs> {
+        let hidden = self.forward_hidden(&batch.sequence, None, true, freeze_vision)?;
+        let r = batch.response_ids.dim(1)?;
+        // Position P-1+j predicts response token j.
+        let h = hidden.narrow(1, batch.prompt_len - 1, r)?;
+        let logits = self.head(&h)?.to_dtype(DType::F32)?;
+        let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let logp = lsm
+            .gather(&batch.response_ids.unsqueeze(D::Minus1)?, D::Minus1)?
+            .squeeze(D::Minus1)?;
+        let entropy = (lsm.exp()? * &lsm)?.sum(D::Minus1)?.neg()?;
+        Ok(TokenLogProbs {
+            logp,
+            entropy,
+            mask: batch.response_mask.clone(),
+        })
+    }
+}
