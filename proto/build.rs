@@ -1,0 +1,19 @@
+//! Generates the platter.v1 gRPC code with the vendored protoc (no system install needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let files = [
+        "platter/v1/reward.proto",
+        "platter/v1/coordinator.proto",
+        "platter/v1/learner.proto",
+    ];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    // `PROTOC` is read by prost-build; setting it through the config avoids touching the
+    // process environment (which would need `unsafe`).
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure().compile_with_config(config, &files, &["."])?;
+    Ok(())
+}
