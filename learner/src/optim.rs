@@ -76,6 +76,60 @@ struct Param {
     v: Tensor,
 }
 
+/// The per-step scalars of the update.
+struct StepConstants {
+    lr: f64,
+    decay: f64,
+    b1: f64,
+    b2: f64,
+    bc1: f64,
+    bc2_sqrt: f64,
+    eps: f64,
+}
+
+impl StepConstants {
+    /// One pass over host buffers (CPU): ~10x fewer passes and allocations than tensor ops.
+    fn fused_cpu(&self, p: &mut Param, w: &Tensor, g: Option<&Tensor>) -> Result<Tensor> {
+        let shape = w.shape().clone();
+        let mut wv = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let decay = self.decay as f32;
+        let Some(g) = g else {
+            wv.iter_mut().for_each(|x| *x *= decay);
+            return Ok(Tensor::from_vec(wv, shape, w.device())?);
+        };
+        let gv = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut mv = p.m.flatten_all()?.to_vec1::<f32>()?;
+        let mut vv = p.v.flatten_all()?.to_vec1::<f32>()?;
+        let (b1, b2) = (self.b1 as f32, self.b2 as f32);
+        let (c1, c2) = ((1.0 - self.b1) as f32, (1.0 - self.b2) as f32);
+        let step = (self.lr / self.bc1) as f32;
+        let bc2_sqrt = self.bc2_sqrt as f32;
+        let eps = self.eps as f32;
+        for (((w, m), v), g) in wv.iter_mut().zip(mv.iter_mut()).zip(vv.iter_mut()).zip(&gv) {
+            *w *= decay;
+            *m = b1 * *m + c1 * g;
+            *v = b2 * *v + c2 * g * g;
+            *w -= step * *m / (v.sqrt() / bc2_sqrt + eps);
+        }
+        p.m = Tensor::from_vec(mv, shape.clone(), w.device())?;
+        p.v = Tensor::from_vec(vv, shape.clone(), w.device())?;
+        Ok(Tensor::from_vec(wv, shape, w.device())?)
+    }
+
+    /// The same update as tensor operations (GPU: stays on the device).
+    fn tensor_ops(&self, p: &mut Param, w: Tensor, g: Option<&Tensor>) -> Result<Tensor> {
+        let mut w = (w * self.decay)?;
+        if let Some(g) = g {
+            let g = g.to_dtype(DType::F32)?.detach();
+            p.m = ((&p.m * self.b1)? + (&g * (1.0 - self.b1))?)?;
+            p.v = ((&p.v * self.b2)? + (g.sqr()? * (1.0 - self.b2))?)?;
+            let denom = ((p.v.sqrt()? / self.bc2_sqrt)? + self.eps)?;
+            w = (w - ((&p.m / denom)? * (self.lr / self.bc1))?)?;
+        }
+        Ok(w)
+    }
+}
+
 /// AdamW over named parameters.
 pub struct AdamW {
     cfg: AdamWConfig,
@@ -167,19 +221,25 @@ impl AdamW {
         let bc1 = 1.0 - b1.powi(t);
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
         let decay = 1.0 - lr * self.cfg.weight_decay;
+        let k = StepConstants {
+            lr,
+            decay,
+            b1,
+            b2,
+            bc1,
+            bc2_sqrt,
+            eps: self.cfg.eps,
+        };
         for (p, g) in self.params.iter_mut().zip(grads) {
             let w = match &p.master {
                 Some(m) => m.clone(),
                 None => p.var.as_tensor().detach(),
             };
-            let mut w = (w * decay)?;
-            if let Some(g) = g {
-                let g = g.to_dtype(DType::F32)?.detach();
-                p.m = ((&p.m * b1)? + (&g * (1.0 - b1))?)?;
-                p.v = ((&p.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-                let denom = ((p.v.sqrt()? / bc2_sqrt)? + self.cfg.eps)?;
-                w = (w - ((&p.m / denom)? * (lr / bc1))?)?;
-            }
+            let w = if w.device().is_cpu() {
+                k.fused_cpu(p, &w, g.as_ref())?
+            } else {
+                k.tensor_ops(p, w, g.as_ref())?
+            };
             match &mut p.master {
                 Some(m) => {
                     p.var.set(&w.to_dtype(p.var.dtype())?)?;
