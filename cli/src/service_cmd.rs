@@ -14,7 +14,11 @@ use platter_proto::v1::{Experiment, ExperimentState, StepSummary};
 #[derive(Debug, clap::Args)]
 pub struct Endpoint {
     /// Coordinator address.
-    #[arg(long, env = "PLATTER_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "PLATTER_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     coordinator: String,
     /// Bearer token for mutating calls.
     #[arg(long, env = "PLATTER_TOKEN", hide_env_values = true)]
@@ -125,7 +129,10 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", args.config.display()))?;
     ExperimentConfig::from_toml(&text).with_context(|| format!("{}", args.config.display()))?;
     let r = block_on(async { Ok(client(&args.endpoint)?.submit(&text).await?) })?;
-    println!("{}  queued at position {}", r.experiment_id, r.queue_position);
+    println!(
+        "{}  queued at position {}",
+        r.experiment_id, r.queue_position
+    );
     Ok(())
 }
 

@@ -10,12 +10,15 @@ pub mod checkpoint;
 pub mod clip;
 pub mod collective;
 pub mod optim;
+pub mod policy;
+pub mod sft;
 pub mod update;
 
 pub use checkpoint::{Checkpoint, CheckpointState, CheckpointStore};
 pub use clip::clip_grad_norm;
 pub use collective::{Collective, InProcessGroup};
 pub use optim::{AdamW, AdamWConfig};
+pub use policy::{MODEL_DIR_FILES, QwenPolicy, QwenSequence, model_dir_files};
 pub use update::{
     Algorithm, FrozenLogprobs, PolicyModel, ResponseLogprobs, SkipCounter, TrainItem, UpdateConfig,
     UpdateStats, frozen_logprobs, shard_for_rank, train_step,
