@@ -30,7 +30,8 @@ enum Command {
     /// Check commands: compute one piece of the method so other implementations can be compared.
     #[command(subcommand)]
     Debug(DebugCommand),
-    Data(data_cmd::DataArgs),       // [data]
+    Data(data_cmd::DataArgs), // [data]
+    /// Segment one object of an image with SAM2 from a box and points; writes mask and overlay PNGs.
     Segment(sam2_cmd::SegmentArgs), // [sam2]
     /// Submit an experiment config (TOML) to the coordinator.
     Submit(service_cmd::SubmitArgs), // [services]
@@ -42,7 +43,7 @@ enum Command {
     Cancel(service_cmd::IdArgs), // [services]
     /// List experiments.
     List(service_cmd::ListArgs), // [services]
-    Sft(sft_cmd::SftArgs),          // [sft]
+    Sft(sft_cmd::SftArgs),    // [sft]
 }
 
 #[derive(Debug, Subcommand)]
