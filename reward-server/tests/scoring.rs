@@ -165,3 +165,38 @@ async fn grpc_stream_scores_groups_and_reports_errors_per_group() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// The real SAM2 predictor (the reduced random-weight SAM2.1 fixture of `models/sam2`, built by
+/// `scripts/oracle/sam2/build_fixtures.py`) behind the same scoring path: the reward terms do not
+/// depend on the segmenter, the mask IoU does, and it is a proper fraction.
+#[test]
+fn scoring_with_the_sam2_segmenter() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/sam2/tests/fixtures/micro_256"
+    );
+    let cfg = platter_sam2::Sam2Config::from_yaml_file(std::path::Path::new(&format!(
+        "{fixture}/model_config.yaml"
+    )))
+    .unwrap();
+    let sam = platter_sam2::Sam2::load(
+        std::path::Path::new(&format!("{fixture}/weights.safetensors")),
+        cfg,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let req = request(&[(GOOD, 10), (TWO, 10), (BAD, 10)]);
+    let with_sam = score_group(&req, &sam).unwrap();
+    let with_box = score_group(&req, &BoxSegmenter).unwrap();
+    assert_eq!(with_sam.segmenter, "sam2");
+    for (s, b) in with_sam.responses.iter().zip(&with_box.responses) {
+        assert_eq!(
+            (s.total, s.seg, s.num_prompts),
+            (b.total, b.seg, b.num_prompts)
+        );
+        let iou = s.mask_iou.expect("mask IoU is reported");
+        assert!((0.0..=1.0).contains(&iou), "{iou}");
+    }
+    // No objects: empty mask against a non-empty GT.
+    assert_eq!(with_sam.responses[2].mask_iou, Some(0.0));
+}
