@@ -68,13 +68,7 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    platter_proto::logging::init_logging();
     let cli = Cli::parse();
     match cli.command {
         Command::Debug(DebugCommand::Score(args)) => debug::score(args),

@@ -7,6 +7,7 @@
 //! work with domain types and one error enum per crate.
 
 pub mod auth;
+pub mod logging;
 pub mod metrics_http;
 pub mod weights;
 

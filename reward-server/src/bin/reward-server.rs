@@ -38,13 +38,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    platter_proto::logging::init_logging();
     let args = Args::parse();
     let segmenter: Arc<dyn platter_data::Segmenter> = match args.segmenter.as_str() {
         "box" => {

@@ -1,0 +1,13 @@
+//! The one logging setup every Platter binary uses: `RUST_LOG`-style filtering (default `info`),
+//! written to stderr so stdout stays free for user-facing output.
+
+/// Installs the global `tracing` subscriber. Call once, first thing in `main`.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
