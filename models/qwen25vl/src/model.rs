@@ -169,14 +169,28 @@ impl Policy {
     /// Token embeddings `[B, L, D]` with image features spliced in at `<|image_pad|>` positions
     /// (row-major order, as HF's `masked_scatter`).
     pub fn embed(&self, input_ids: &Tensor, image_embeds: Option<&Tensor>) -> Result<Tensor> {
+        let columns = input_ids.dim(1)?;
+        self.embed_spliced(input_ids, image_embeds, columns)
+    }
+
+    /// [`Policy::embed`] with image features spliced only into the first `image_columns`
+    /// columns; `<|image_pad|>` ids after them are embedded as plain tokens.
+    pub fn embed_spliced(
+        &self,
+        input_ids: &Tensor,
+        image_embeds: Option<&Tensor>,
+        image_columns: usize,
+    ) -> Result<Tensor> {
         let (b, l) = input_ids.dims2()?;
+        let is_image = |p: usize, t: u32| t == self.cfg.image_token_id && p % l < image_columns;
         let d = self.cfg.text.hidden_size;
         let flat = input_ids.flatten_all()?;
         let text = self.model.embed_tokens().index_select(&flat, 0)?;
         let ids: Vec<u32> = flat.to_dtype(DType::U32)?.to_vec1()?;
         let n_img = ids
             .iter()
-            .filter(|&&t| t == self.cfg.image_token_id)
+            .enumerate()
+            .filter(|&(p, &t)| is_image(p, t))
             .count();
         let n_feat = match image_embeds {
             Some(e) => e.dim(0)?,
@@ -197,7 +211,7 @@ impl Policy {
             .iter()
             .enumerate()
             .map(|(p, &t)| {
-                if t == self.cfg.image_token_id {
+                if is_image(p, t) {
                     j += 1;
                     total + j - 1
                 } else {
@@ -251,7 +265,8 @@ impl Policy {
             }
             None => None,
         };
-        let embeds = self.embed(&batch.input_ids, image_embeds.as_ref())?;
+        let embeds =
+            self.embed_spliced(&batch.input_ids, image_embeds.as_ref(), batch.image_columns)?;
         self.counters
             .prefill_rows
             .fetch_add(batch.lengths.len(), Ordering::Relaxed);

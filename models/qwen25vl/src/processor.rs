@@ -53,6 +53,9 @@ pub struct PromptBatch {
     pub next_positions: Vec<i64>,
     /// Per row: number of real (non-padding) tokens.
     pub lengths: Vec<usize>,
+    /// Image features go to `<|image_pad|>` tokens in the first `image_columns` columns only;
+    /// later columns (a sampled response) embed every id as a plain token, as decoding does.
+    pub image_columns: usize,
 }
 
 /// Tokenizer + image processor of a model directory.
@@ -341,6 +344,7 @@ impl PromptBatch {
             grids,
             next_positions: prompts.iter().map(|p| p.next_position()).collect(),
             lengths: prompts.iter().map(|p| p.input_ids.len()).collect(),
+            image_columns: l,
         })
     }
 }

@@ -80,6 +80,9 @@ impl ResponseBatch {
                 .zip(responses)
                 .map(|(l, r)| l + r.len())
                 .collect(),
+            // A response may contain any token, `<|image_pad|>` included: only the prompt
+            // columns receive image features.
+            image_columns: p,
         };
         Ok(Self {
             sequence,

@@ -167,3 +167,51 @@ fn invalid_sampling_parameters_are_errors() {
         );
     }
 }
+
+/// A sampled response may contain any id, `<|image_pad|>` included. Decoding embeds it as a
+/// plain token; the teacher-forced (training) path must do the same instead of asking for an
+/// image feature it does not have, and give the sampling-time log-probs back.
+#[test]
+fn a_response_holding_image_pad_scores_like_decoding() {
+    use platter_qwen25vl::ResponseBatch;
+    let (policy, processor) = load_policy();
+    let prompts = prompts(&processor, &cases());
+    let image_pad = policy.cfg.image_token_id;
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: 6,
+        stop_token_ids: vec![],
+        seed: 3,
+    };
+    // Force `<|image_pad|>` into the response: sample 3 tokens, append it, sample on from
+    // there with greedy-free teacher forcing of the whole thing.
+    let out = policy
+        .generate(
+            &[Group {
+                prompt: &prompts[0],
+                num_samples: 1,
+            }],
+            &params,
+            processor.pad_token_id,
+        )
+        .unwrap();
+    let mut response = out[0][0].tokens.clone();
+    response.insert(2, image_pad);
+    let batch = ResponseBatch::new(
+        &[&prompts[0]],
+        std::slice::from_ref(&response),
+        processor.pad_token_id,
+        policy.cfg.text.max_position_embeddings,
+        policy.device(),
+    )
+    .unwrap();
+    let lp = policy.response_logprobs(&batch, false).unwrap();
+    let logp = to_f32(&lp.logp);
+    assert_eq!(logp.len(), response.len());
+    assert!(logp.iter().all(|v| v.is_finite() && *v <= 0.0), "{logp:?}");
+    // The first two tokens precede the inserted id: their log-probs are the sampling-time ones.
+    let sampled = &out[0][0].logprobs;
+    assert!(max_abs_diff(&logp[..2], &sampled[..2]) < 1e-4);
+}
