@@ -5,6 +5,7 @@
 
 pub mod metrics;
 mod policy;
+mod qwen;
 mod weights;
 mod worker;
 
@@ -12,6 +13,7 @@ pub use policy::{
     CancelFlag, FinishReason, GeneratedGroup, GenerationRequest, Policy, PolicyError,
     SampledResponse,
 };
+pub use qwen::{QwenEngine, QwenEngineError, build_prompt, policy_input_image};
 pub use weights::subscribe_weights;
 pub use worker::{WorkerConfig, WorkerReport, run};
 

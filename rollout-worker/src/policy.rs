@@ -1,6 +1,6 @@
-//! The generation interface a policy engine implements (the Qwen2.5-VL engine of
-//! `platter-qwen25vl` will): one prompt and image in, G sampled responses out, with token ids,
-//! per-token log-probs and finish reasons, under hot-swappable versioned weights.
+//! The generation interface a policy engine implements ([`crate::QwenEngine`] is the
+//! Qwen2.5-VL one): one prompt and image in, G sampled responses out, with token ids, per-token
+//! log-probs and finish reasons, under hot-swappable versioned weights.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +55,8 @@ impl FinishReason {
 pub struct SampledResponse {
     /// Decoded text.
     pub text: String,
-    /// Generated token ids (end-of-sequence excluded).
+    /// Generated token ids, the stop token included when one ended the response (the
+    /// sequence the learner teacher-forces; `text` leaves the stop token out).
     pub token_ids: Vec<u32>,
     /// log π of each generated token at sampling time.
     pub logprobs: Vec<f32>,

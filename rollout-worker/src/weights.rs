@@ -13,7 +13,9 @@ use tonic::transport::Endpoint;
 use crate::{Error, Result};
 
 /// Subscribes to the learner at `endpoint` (`http://host:port`). The receiver starts at
-/// `initial` and moves to each newer version once all of its chunks arrived. The background
+/// `initial` and moves to each version the learner publishes (newer, or older when a new
+/// experiment starts over) once all of its chunks arrived; a reconnect asks only for versions
+/// newer than the one held. The background
 /// task ends when every receiver is dropped. Must be called inside a tokio runtime.
 pub fn subscribe_weights(
     endpoint: &str,
@@ -51,7 +53,10 @@ pub fn subscribe_weights(
                                 chunks.push(chunk);
                                 if done {
                                     match PolicyWeights::from_chunks(&chunks) {
-                                        Ok(w) if w.version > tx.borrow().version => {
+                                        // Any other version, older ones included: a new
+                                        // experiment (or a restarted learner) starts again
+                                        // from its own version 0.
+                                        Ok(w) if w.version != tx.borrow().version => {
                                             tracing::info!(
                                                 version = w.version,
                                                 bytes = w.safetensors.len(),

@@ -20,6 +20,13 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<v1::WeightChunk, Status>> + 
 
 #[tonic::async_trait]
 impl Learner for TwoVersions {
+    async fn start_experiment(
+        &self,
+        _: Request<v1::StartExperimentRequest>,
+    ) -> Result<Response<v1::StartExperimentResponse>, Status> {
+        Err(Status::unimplemented("weights only"))
+    }
+
     async fn train_step(
         &self,
         _: Request<v1::TrainStepRequest>,

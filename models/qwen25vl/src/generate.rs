@@ -153,9 +153,23 @@ impl Policy {
         params: &SamplingParams,
         pad_token_id: u32,
     ) -> Result<Vec<Vec<Sample>>> {
+        self.generate_cancellable(groups, params, pad_token_id, &|| false)?
+            .ok_or_else(|| Error::Generation("generation stopped without being cancelled".into()))
+    }
+
+    /// As [`Policy::generate`], but `cancelled` is polled before the prefill and before every
+    /// decoding step; once it returns true, generation stops there and `Ok(None)` is returned
+    /// (partial samples are dropped).
+    pub fn generate_cancellable(
+        &self,
+        groups: &[Group],
+        params: &SamplingParams,
+        pad_token_id: u32,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<Vec<Vec<Sample>>>> {
         params.validate()?;
         if groups.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let max_ctx = self.cfg.text.max_position_embeddings;
         let prompts: Vec<&PreparedPrompt> = groups.iter().map(|g| g.prompt).collect();
@@ -171,6 +185,9 @@ impl Policy {
             }
         }
         let batch = PromptBatch::new(&prompts, pad_token_id, self.device())?;
+        if cancelled() {
+            return Ok(None);
+        }
         let mut cache = self.new_cache();
         let hidden = self.forward_hidden(&batch, Some(&mut cache), false, false)?;
         let l = hidden.dim(1)?;
@@ -197,7 +214,7 @@ impl Policy {
             .map(|g| Vec::with_capacity(g.num_samples))
             .collect();
         if rows.is_empty() {
-            return Ok(groups.iter().map(|_| Vec::new()).collect());
+            return Ok(Some(groups.iter().map(|_| Vec::new()).collect()));
         }
         let mut cache = cache.select_rows(&fork)?;
         let idx = Tensor::from_slice(&fork, fork.len(), self.device())?;
@@ -236,6 +253,9 @@ impl Policy {
             if live.is_empty() {
                 break;
             }
+            if cancelled() {
+                return Ok(None);
+            }
             if keep.len() != logits.dim(0)? {
                 cache = cache.select_rows(&keep)?;
             }
@@ -243,13 +263,14 @@ impl Policy {
             logits = self.decode_step(&rows, &mut cache)?;
         }
         // Samples of a group finish in any order; restore sample order.
-        Ok(out
-            .into_iter()
-            .map(|mut g| {
-                g.sort_by_key(|(s, _)| *s);
-                g.into_iter().map(|(_, x)| x).collect()
-            })
-            .collect())
+        Ok(Some(
+            out.into_iter()
+                .map(|mut g| {
+                    g.sort_by_key(|(s, _)| *s);
+                    g.into_iter().map(|(_, x)| x).collect()
+                })
+                .collect(),
+        ))
     }
 
     fn decode_step(&self, rows: &[Row], cache: &mut crate::text::KvCache) -> Result<Tensor> {
