@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // process environment (which would need `unsafe`).
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
+    // Weight chunks as `Bytes`: the learner slices them out of the shared blob and the
+    // receiver takes them out of the decode buffer without a copy each.
+    config.bytes([".platter.v1.WeightChunk.data"]);
     tonic_prost_build::configure().compile_with_config(config, &files, &["."])?;
     Ok(())
 }

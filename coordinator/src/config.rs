@@ -28,6 +28,14 @@
 //! [grpo]                      # platter_rl::GrpoLoss
 //! [optim]
 //! lr = 1e-6
+//!
+//! [model]
+//! policy = "assets/tiny-sft"  # HF model directory: initial policy and GRPO reference
+//! publish_dtype = "f32"       # or "bf16"
+//!
+//! [learner]
+//! ranks = 1                   # data-parallel ranks (threads on CPU)
+//! micro_batch_size = 4
 //! ```
 
 use std::path::PathBuf;
@@ -105,16 +113,20 @@ impl Default for RolloutConfig {
     }
 }
 
-/// Optimizer settings (METHOD §4).
+/// Optimizer settings (METHOD §4); the learner turns them into its AdamW settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
-    /// AdamW learning rate.
+    /// AdamW learning rate (after warmup).
     pub lr: f64,
     /// AdamW betas.
     pub betas: [f64; 2],
+    /// AdamW epsilon.
+    pub eps: f64,
     /// Decoupled weight decay.
     pub weight_decay: f64,
+    /// Linear warmup from 0 to `lr` over this many optimizer updates (0 = constant lr).
+    pub warmup_steps: u64,
     /// Global gradient-norm clip.
     pub grad_clip: f64,
 }
@@ -124,8 +136,86 @@ impl Default for OptimConfig {
         Self {
             lr: 1e-6,
             betas: [0.9, 0.999],
+            eps: 1e-8,
             weight_decay: 0.01,
+            warmup_steps: 0,
             grad_clip: 1.0,
+        }
+    }
+}
+
+/// Element type of the published weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishDtype {
+    /// 32-bit floats: the learner's weights exactly.
+    #[default]
+    F32,
+    /// bfloat16: half the bytes; rollout workers then sample from rounded weights.
+    Bf16,
+}
+
+/// The policy model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// HF model directory of the initial policy (config, tokenizer, safetensors); GRPO's frozen
+    /// reference is the same weights. Relative paths resolve against the learner's working
+    /// directory.
+    pub policy: PathBuf,
+    /// Detach the image features and leave `visual.*` untrained.
+    pub freeze_vision: bool,
+    /// Element type of the weights published to rollout workers.
+    pub publish_dtype: PublishDtype,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            policy: PathBuf::from("assets/tiny-sft"),
+            freeze_vision: false,
+            publish_dtype: PublishDtype::F32,
+        }
+    }
+}
+
+/// How the learner splits and checkpoints its work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnerConfig {
+    /// Data-parallel ranks (threads of one learner process on CPU, one per GPU otherwise).
+    pub ranks: u32,
+    /// Optimizer updates per rollout batch (the batch is split into this many mini-batches).
+    pub mini_batches_per_step: u32,
+    /// Sequences per forward/backward on one rank (gradients accumulate over micro-batches).
+    pub micro_batch_size: u32,
+    /// Consecutive updates with a non-finite loss or gradient (each skipped) before the
+    /// experiment stops with an error.
+    pub max_consecutive_skips: u32,
+    /// Seconds a rank waits for its peers in a collective before failing the step.
+    pub collective_timeout_seconds: f64,
+    /// Directory of checkpoints (weights as an HF model directory, optimizer state, step);
+    /// none = no checkpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Write a checkpoint every this many steps (and after the last step); 0 = only after the
+    /// last step.
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (the oldest are deleted).
+    pub keep_checkpoints: u32,
+}
+
+impl Default for LearnerConfig {
+    fn default() -> Self {
+        Self {
+            ranks: 1,
+            mini_batches_per_step: 1,
+            micro_batch_size: 4,
+            max_consecutive_skips: 3,
+            collective_timeout_seconds: 600.0,
+            checkpoint_dir: None,
+            checkpoint_every: 0,
+            keep_checkpoints: 3,
         }
     }
 }
@@ -170,6 +260,12 @@ pub struct ExperimentConfig {
     /// Optimizer.
     #[serde(default)]
     pub optim: OptimConfig,
+    /// The policy model.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Learner ranks, batching and checkpoints.
+    #[serde(default)]
+    pub learner: LearnerConfig,
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -187,6 +283,50 @@ fn rekey(table: &str, e: platter_rl::Error) -> ConfigError {
             invalid(&format!("{table}.{leaf}"), reason)
         }
         other => invalid(table, other.to_string()),
+    }
+}
+
+impl LearnerConfig {
+    /// Checks every range; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at_least_one = [
+            ("learner.ranks", u64::from(self.ranks)),
+            (
+                "learner.mini_batches_per_step",
+                u64::from(self.mini_batches_per_step),
+            ),
+            ("learner.micro_batch_size", u64::from(self.micro_batch_size)),
+            (
+                "learner.max_consecutive_skips",
+                u64::from(self.max_consecutive_skips),
+            ),
+            ("learner.keep_checkpoints", u64::from(self.keep_checkpoints)),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1, found 0"));
+            }
+        }
+        if !(self.collective_timeout_seconds.is_finite() && self.collective_timeout_seconds > 0.0) {
+            return Err(invalid(
+                "learner.collective_timeout_seconds",
+                "must be a positive number",
+            ));
+        }
+        if self.checkpoint_every > 0 && self.checkpoint_dir.is_none() {
+            return Err(invalid(
+                "learner.checkpoint_every",
+                "needs `learner.checkpoint_dir` (where to write them)",
+            ));
+        }
+        if self
+            .checkpoint_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err(invalid("learner.checkpoint_dir", "must not be empty"));
+        }
+        Ok(())
     }
 }
 
@@ -255,7 +395,13 @@ impl ExperimentConfig {
         if !(o.grad_clip.is_finite() && o.grad_clip > 0.0) {
             return Err(invalid("optim.grad_clip", "must be a positive number"));
         }
-        Ok(())
+        if !(o.eps.is_finite() && o.eps > 0.0) {
+            return Err(invalid("optim.eps", "must be a positive number"));
+        }
+        if self.model.policy.as_os_str().is_empty() {
+            return Err(invalid("model.policy", "must name a model directory"));
+        }
+        self.learner.validate()
     }
 
     /// The assembler settings in effect: dynamic sampling only with DAPO.
@@ -312,6 +458,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("name"), "{e}");
+    }
+
+    #[test]
+    fn model_learner_and_optim_keys() {
+        let c = ExperimentConfig::from_toml(MIN).unwrap();
+        assert_eq!(c.model.policy, PathBuf::from("assets/tiny-sft"));
+        assert_eq!(c.model.publish_dtype, PublishDtype::F32);
+        assert!(!c.model.freeze_vision);
+        assert_eq!(c.learner, LearnerConfig::default());
+        assert_eq!((c.optim.eps, c.optim.warmup_steps), (1e-8, 0));
+        let full = format!(
+            "{MIN}[model]\npolicy = \"m\"\nfreeze_vision = true\npublish_dtype = \"bf16\"\n\
+             [learner]\nranks = 2\nmini_batches_per_step = 2\nmicro_batch_size = 1\n\
+             checkpoint_dir = \"ck\"\ncheckpoint_every = 5\nkeep_checkpoints = 1\n\
+             [optim]\neps = 1e-6\nwarmup_steps = 10\n"
+        );
+        let c = ExperimentConfig::from_toml(&full).unwrap();
+        assert_eq!(c.model.publish_dtype, PublishDtype::Bf16);
+        assert_eq!((c.learner.ranks, c.learner.checkpoint_every), (2, 5));
+        assert_eq!(c.optim.warmup_steps, 10);
+        for (extra, key) in [
+            ("[learner]\nranks = 0\n", "`learner.ranks`"),
+            (
+                "[learner]\nmicro_batch_size = 0\n",
+                "`learner.micro_batch_size`",
+            ),
+            (
+                "[learner]\ncheckpoint_every = 2\n",
+                "`learner.checkpoint_every`",
+            ),
+            ("[optim]\neps = 0.0\n", "`optim.eps`"),
+            ("[model]\npolicy = \"\"\n", "`model.policy`"),
+        ] {
+            let e = ExperimentConfig::from_toml(&format!("{MIN}{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = ExperimentConfig::from_toml(&format!("{MIN}[model]\npublish_dtype = \"f16\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("publish_dtype"), "{e}");
+        let e = ExperimentConfig::from_toml(&format!("{MIN}[learner]\nrank = 2\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rank"), "{e}");
     }
 
     #[test]

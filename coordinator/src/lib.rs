@@ -19,6 +19,7 @@ mod driver;
 pub mod engine;
 pub mod learner;
 pub mod metrics;
+pub mod remote_learner;
 mod service;
 pub mod store;
 
@@ -33,6 +34,7 @@ use tokio::sync::{Notify, broadcast, watch};
 pub use client::CoordinatorClient;
 pub use config::{Algorithm, ConfigError, ExperimentConfig};
 pub use learner::{Learner, UnigramLearner};
+pub use remote_learner::{RemoteLearner, RemoteLearnerOptions};
 pub use store::Store;
 
 /// Errors of the coordinator and its client.

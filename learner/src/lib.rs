@@ -9,8 +9,12 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod collective;
+pub mod eval; // [eval]
+pub mod metrics; // [qwen-learner]
 pub mod optim;
 pub mod policy;
+pub mod qwen_learner; // [qwen-learner]
+pub mod server; // [server]
 pub mod sft;
 pub mod update;
 
@@ -19,6 +23,7 @@ pub use clip::clip_grad_norm;
 pub use collective::{Collective, InProcessGroup};
 pub use optim::{AdamW, AdamWConfig};
 pub use policy::{MODEL_DIR_FILES, QwenPolicy, QwenSequence, model_dir_files};
+pub use qwen_learner::{QwenLearner, StepReport}; // [qwen-learner]
 pub use update::{
     Algorithm, FrozenLogprobs, PolicyModel, ResponseLogprobs, SkipCounter, TrainItem, UpdateConfig,
     UpdateStats, frozen_logprobs, shard_for_rank, train_step,
@@ -57,6 +62,10 @@ pub enum Error {
     /// A loss computation failed.
     #[error(transparent)]
     Loss(#[from] platter_rl::Error),
+    /// Bad input data (manifest, image, tokenizer, model output); `context` names the file,
+    /// sample or key.
+    #[error("{context}: {reason}")]
+    Data { context: String, reason: String },
     /// A rank index outside the group.
     #[error("rank {rank} is outside a group of {world}")]
     BadRank { rank: usize, world: usize },

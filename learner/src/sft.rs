@@ -6,8 +6,8 @@
 //! as JSON in policy-space pixels `</answer>`, followed by `<|im_end|>`. The loss is the
 //! teacher-forced cross-entropy over response tokens only (token mean over the batch), computed
 //! through the policy's differentiable path; AdamW with global grad-norm clipping updates it.
-//! Periodic evaluation decodes greedily on the validation split and scores the answers with
-//! [`platter_rl::reward::score_response`].
+//! Periodic evaluation decodes greedily on the validation split with [`crate::eval`] (the box
+//! segmenter turns answers into masks) and reports the reward terms, parse rate and gIoU.
 //!
 //! ```no_run
 //! # fn main() -> platter_learner::Result<()> {
@@ -22,26 +22,26 @@
 //! # Ok(()) }
 //! ```
 
+mod data;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use image::{DynamicImage, RgbImage, imageops::FilterType};
-use platter_data::synth::knowledge::{FOODS, Food};
-use platter_data::{GtObject, ImageLimits, PolicySpace, Split, read_manifest};
-use platter_qwen25vl::{
-    FinishReason, Group, Policy, PreparedPrompt, Processor, ResponseBatch, SamplingParams,
-};
-use platter_rl::ParsedResponse;
-use platter_rl::prompt::{DEFAULT_ANSWER_EXAMPLE, SYSTEM_MESSAGE, user_prompt};
-use platter_rl::reward::{GroundTruthObject, RewardConfig, score_response};
+use platter_data::{BoxSegmenter, Split};
+use platter_qwen25vl::{Policy, PreparedPrompt, ResponseBatch};
+use platter_rl::reward::RewardConfig;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use crate::eval::policy_input_image;
+pub use data::{SftSample, answer_json, load_split, reasoning, target_response};
+
 use crate::clip::clip_grad_norm;
+use crate::eval::{EvalOptions, EvalSample, Evaluation, evaluate_policy, load_samples};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::policy::model_dir_files;
 use crate::{Error, Result};
@@ -143,41 +143,79 @@ pub struct SftPaths {
     pub out_dir: PathBuf,
 }
 
-/// One prepared sample: the templated prompt, the GT-built response and its ground truth.
-#[derive(Debug, Clone)]
-pub struct SftSample {
-    pub id: String,
-    pub prompt: PreparedPrompt,
-    /// The target response text (without the stop token).
-    pub response: String,
-    /// Response token ids, ending in `<|im_end|>`.
-    pub response_ids: Vec<u32>,
-    /// GT objects in policy space.
-    pub ground_truth: Vec<GroundTruthObject>,
-}
-
-/// Mean reward terms and parse rate of greedy answers on a split.
+/// Mean reward terms, parse rate and mask IoU (box segmenter) of greedy answers on a split: a
+/// summary of [`crate::eval::EvalReport`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalSummary {
+    /// Samples decoded.
     pub samples: usize,
     /// Fraction whose first `<answer>` parses as a JSON list.
     pub parse_rate: f64,
     /// Fraction that ended with the stop token rather than the length limit.
     pub stop_rate: f64,
+    /// Mean `R_tf`.
     pub think_format: f64,
+    /// Mean `R_af`.
     pub answer_format: f64,
+    /// Mean `R_nr`.
     pub non_repeat: f64,
+    /// Mean box-IoU hits of `R_seg`.
     pub seg_iou: f64,
+    /// Mean box-L1 hits of `R_seg`.
     pub seg_l1: f64,
+    /// Mean point hits of `R_seg`.
     pub seg_point: f64,
+    /// Mean `R_seg`.
     pub seg: f64,
+    /// Mean total reward.
     pub total: f64,
+    /// Mean answer objects.
     pub mean_objects: f64,
+    /// Mean generated tokens (stop token included).
     pub mean_tokens: f64,
+    /// gIoU of the answers' boxes as masks (`BoxSegmenter`) against the GT masks.
+    #[serde(default)]
+    pub giou: f64,
+    /// cIoU, likewise.
+    #[serde(default)]
+    pub ciou: f64,
+    /// Box AP@0.5 (`docs/eval.md`); `None` without GT boxes.
+    #[serde(default)]
+    pub box_ap50: Option<f64>,
     /// One decoded answer, for eyeballing.
     pub example: String,
     /// Wall time of the evaluation.
     pub seconds: f64,
+}
+
+impl From<&Evaluation> for EvalSummary {
+    fn from(e: &Evaluation) -> Self {
+        let (r, m) = (&e.report, &e.report.rewards);
+        EvalSummary {
+            samples: r.samples,
+            parse_rate: r.parse_rate,
+            stop_rate: r.stop_rate,
+            think_format: m.think_format,
+            answer_format: m.answer_format,
+            non_repeat: m.non_repeat,
+            seg_iou: m.seg_iou,
+            seg_l1: m.seg_l1,
+            seg_point: m.seg_point,
+            seg: m.seg,
+            total: m.total,
+            mean_objects: r.mean_objects,
+            mean_tokens: r.mean_response_tokens,
+            giou: r.giou,
+            ciou: r.ciou,
+            box_ap50: r.box_ap50,
+            example: e
+                .records
+                .first()
+                .map(|s| s.response.clone())
+                .unwrap_or_default(),
+            seconds: r.wall_seconds,
+        }
+    }
 }
 
 /// Progress of a run, for the caller to print.
@@ -217,171 +255,11 @@ pub struct SftReport {
     pub best_dir: PathBuf,
 }
 
-// The crate's `Error` has no data variant; data and tokenizer failures travel as a message that
-// keeps the original text (file, line, sample id).
 fn msg(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::Candle(candle_core::Error::Msg(format!("{context}: {e}")))
-}
-
-fn food_by_name(name: &str) -> Option<&'static Food> {
-    FOODS
-        .iter()
-        .find(|f| f.name == name || f.plural == Some(name))
-}
-
-fn serde_word<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-/// One reasoning sentence for `question` about the targets `names`, from the knowledge table:
-/// the fact the question turns on (a nutrient, an allergen, the cooking method, cuisine, course
-/// or group) for each distinct target. No '.' inside, so it stays one sentence for the
-/// non-repeat term. Unknown names (not in the synthetic table) are mentioned by name only.
-pub fn reasoning(question: &str, names: &[String]) -> String {
-    let q = question.to_lowercase();
-    let mut distinct: Vec<&str> = Vec::new();
-    for n in names {
-        if !distinct.contains(&n.as_str()) {
-            distinct.push(n);
-        }
+    Error::Data {
+        context: context.to_owned(),
+        reason: e.to_string(),
     }
-    let nutrient = ["protein", "fat", "sugar", "fibre"]
-        .into_iter()
-        .find(|n| q.contains(n));
-    let allergen = platter_data::synth::knowledge::ALLERGENS
-        .into_iter()
-        .find(|a| q.contains(a));
-    let facts: Vec<String> = distinct
-        .iter()
-        .map(|name| {
-            let Some(f) = food_by_name(name) else {
-                return format!("the {name} matches");
-            };
-            let method = serde_word(&f.method);
-            let group = serde_word(&f.group);
-            if let Some(n) = nutrient {
-                let g = match n {
-                    "protein" => f.protein,
-                    "fat" => f.fat,
-                    "sugar" => f.sugar,
-                    _ => f.fibre,
-                };
-                format!("the {name} has {} g of {n} per 100 g", g.round())
-            } else if let Some(a) = allergen {
-                format!("the {name} contains {a}")
-            } else if q.contains("cuisine") {
-                format!("the {name} is from {} cuisine", f.cuisine)
-            } else if q.contains(&method) {
-                format!("the {name} is {method}")
-            } else if q.contains("largest") {
-                format!("the {name} is the largest item")
-            } else if q.contains("vegetarian") || q.contains("point out") {
-                format!("the {name} is {group}")
-            } else {
-                format!("the {name} is a {} dish", serde_word(&f.course))
-            }
-        })
-        .collect();
-    format!("{}, so it matches", facts.join(" and "))
-}
-
-/// The answer JSON of METHOD §1 for `objects`, integer pixels, in the prompt example's style.
-pub fn answer_json(objects: &[GtObject]) -> String {
-    let items: Vec<String> = objects
-        .iter()
-        .map(|o| {
-            let b = o.bbox_2d.map(|v| v.round() as i64);
-            let p = o.point_2d.map(|v| v.round() as i64);
-            format!(
-                "{{\"bbox_2d\": [{},{},{},{}], \"point_2d\": [{},{}]}}",
-                b[0], b[1], b[2], b[3], p[0], p[1]
-            )
-        })
-        .collect();
-    format!("[{}]", items.join(", "))
-}
-
-/// The full target response for one sample.
-pub fn target_response(question: &str, names: &[String], objects: &[GtObject]) -> String {
-    format!(
-        "<think>{}</think><answer>{}</answer>",
-        reasoning(question, names),
-        answer_json(objects)
-    )
-}
-
-/// The policy's input image: `image` resized (aspect not kept, METHOD §1) to `size` × `size`
-/// with bicubic filtering.
-pub fn policy_input_image(image: &RgbImage, size: u32) -> DynamicImage {
-    DynamicImage::ImageRgb8(image::imageops::resize(
-        image,
-        size,
-        size,
-        FilterType::CatmullRom,
-    ))
-}
-
-/// Loads and prepares the samples of `split` (at most `limit`, 0 = all, in manifest order).
-pub fn load_split(
-    manifest: &Path,
-    split: Split,
-    processor: &Processor,
-    image_size: u32,
-    limit: usize,
-) -> Result<Vec<SftSample>> {
-    let root = manifest.parent().unwrap_or(Path::new("."));
-    let space = PolicySpace::new(image_size).map_err(|e| msg("sft.image_size", e))?;
-    let limits = ImageLimits::default();
-    let im_end = processor
-        .token_id("<|im_end|>")
-        .map_err(|e| msg("tokenizer", e))?;
-    let mut out = Vec::new();
-    let records =
-        read_manifest(manifest).map_err(|e| msg(&format!("{}", manifest.display()), e))?;
-    for rec in records {
-        if rec.split != split {
-            continue;
-        }
-        if limit > 0 && out.len() >= limit {
-            break;
-        }
-        let loaded = rec
-            .load(root, &limits)
-            .map_err(|e| msg(&manifest.display().to_string(), e))?;
-        let objects = loaded.objects(&space);
-        let response = target_response(&rec.question, &rec.target_names, &objects);
-        let text = processor.format_user_prompt(
-            Some(SYSTEM_MESSAGE),
-            &user_prompt(&rec.question, DEFAULT_ANSWER_EXAMPLE),
-            1,
-        );
-        let img = policy_input_image(&loaded.image, image_size);
-        let prompt = processor
-            .prepare(out.len(), &text, std::slice::from_ref(&img))
-            .map_err(|e| msg(&format!("sample {}", rec.id), e))?;
-        let mut response_ids = processor
-            .encode(&response)
-            .map_err(|e| msg(&format!("sample {}", rec.id), e))?;
-        response_ids.push(im_end);
-        let ground_truth = objects
-            .iter()
-            .map(|o| GroundTruthObject {
-                bbox_2d: o.bbox_2d,
-                point_2d: o.point_2d,
-            })
-            .collect();
-        out.push(SftSample {
-            id: rec.id,
-            prompt,
-            response,
-            response_ids,
-            ground_truth,
-        });
-    }
-    Ok(out)
 }
 
 /// Mean negative log-likelihood of the response tokens of `batch` (token mean over the batch);
@@ -407,94 +285,6 @@ pub fn sft_loss(
         .map_err(|e| msg("sft forward", e))?;
     let tokens = out.mask.sum_all()?;
     Ok(((out.logp * &out.mask)?.sum_all()?.neg()? / tokens)?)
-}
-
-/// Greedy answers for `samples` (decoded in chunks of `chunk`), scored with METHOD §3's terms.
-pub fn evaluate(
-    policy: &Policy,
-    processor: &Processor,
-    samples: &[SftSample],
-    max_new_tokens: usize,
-    reward: &RewardConfig,
-    chunk: usize,
-) -> Result<EvalSummary> {
-    let start = Instant::now();
-    let im_end = processor
-        .token_id("<|im_end|>")
-        .map_err(|e| msg("tokenizer", e))?;
-    let params = SamplingParams {
-        temperature: 0.0,
-        top_p: 1.0,
-        top_k: 0,
-        max_new_tokens,
-        stop_token_ids: vec![im_end, processor.pad_token_id],
-        seed: 0,
-    };
-    let mut sum = EvalSummary {
-        samples: samples.len(),
-        ..EvalSummary::default()
-    };
-    for part in samples.chunks(chunk.max(1)) {
-        let groups: Vec<Group> = part
-            .iter()
-            .map(|s| Group {
-                prompt: &s.prompt,
-                num_samples: 1,
-            })
-            .collect();
-        let out = policy
-            .generate(&groups, &params, processor.pad_token_id)
-            .map_err(|e| msg("sft eval generation", e))?;
-        for (s, group) in part.iter().zip(out) {
-            for sample in group {
-                let mut tokens = sample.tokens.as_slice();
-                if let [rest @ .., last] = tokens
-                    && params.stop_token_ids.contains(last)
-                {
-                    tokens = rest;
-                }
-                let text = processor
-                    .decode(tokens)
-                    .map_err(|e| msg(&format!("sample {}", s.id), e))?;
-                let r = score_response(&text, &s.ground_truth, reward);
-                let parsed = ParsedResponse::parse(&text, reward.max_objects);
-                sum.parse_rate += f64::from(u8::from(parsed.answer_parsed()));
-                sum.stop_rate += f64::from(u8::from(sample.finish_reason == FinishReason::Stop));
-                sum.think_format += r.think_format;
-                sum.answer_format += r.answer_format;
-                sum.non_repeat += r.non_repeat;
-                sum.seg_iou += r.seg_iou;
-                sum.seg_l1 += r.seg_l1;
-                sum.seg_point += r.seg_point;
-                sum.seg += r.seg;
-                sum.total += r.total;
-                sum.mean_objects += r.num_objects as f64;
-                sum.mean_tokens += sample.tokens.len() as f64;
-                if sum.example.is_empty() {
-                    sum.example = text;
-                }
-            }
-        }
-    }
-    let n = samples.len().max(1) as f64;
-    for v in [
-        &mut sum.parse_rate,
-        &mut sum.stop_rate,
-        &mut sum.think_format,
-        &mut sum.answer_format,
-        &mut sum.non_repeat,
-        &mut sum.seg_iou,
-        &mut sum.seg_l1,
-        &mut sum.seg_point,
-        &mut sum.seg,
-        &mut sum.total,
-        &mut sum.mean_objects,
-        &mut sum.mean_tokens,
-    ] {
-        *v /= n;
-    }
-    sum.seconds = start.elapsed().as_secs_f64();
-    Ok(sum)
 }
 
 /// A deep copy of every weight by HF name (the optimizer updates the variables in place).
@@ -577,18 +367,19 @@ pub fn train(
         cfg.image_size,
         cfg.max_train_samples,
     )?;
-    let val_set = load_split(
+    let val_set: Vec<EvalSample> = load_samples(
         &paths.manifest,
         Split::Val,
-        &processor,
         cfg.image_size,
         cfg.eval_samples,
     )?;
-    if train_set.is_empty() {
-        return Err(Error::InvalidConfig {
-            key: "manifest",
-            reason: format!("{} has no train samples", paths.manifest.display()),
-        });
+    for (split, n) in [("train", train_set.len()), ("val", val_set.len())] {
+        if n == 0 {
+            return Err(Error::InvalidConfig {
+                key: "manifest",
+                reason: format!("{} has no {split} samples", paths.manifest.display()),
+            });
+        }
     }
     tracing::info!(
         train = train_set.len(),
@@ -601,16 +392,23 @@ pub fn train(
     let mut order: Vec<usize> = Vec::new();
     let mut losses = Vec::with_capacity(cfg.steps);
     let mut evals = Vec::new();
-    let eval_chunk = 16;
-    let eval_now = || {
-        evaluate(
+    let eval_opts = EvalOptions {
+        image_size: cfg.image_size,
+        max_new_tokens: cfg.max_new_tokens,
+        batch_size: 16,
+        limit: 0,
+        reward: cfg.reward.clone(),
+    };
+    let eval_now = || -> Result<EvalSummary> {
+        let run = evaluate_policy(
+            &eval_opts,
             &policy,
             &processor,
             &val_set,
-            cfg.max_new_tokens,
-            &cfg.reward,
-            eval_chunk,
-        )
+            &BoxSegmenter,
+            |_, _| {},
+        )?;
+        Ok(EvalSummary::from(&run))
     };
     push_eval(&mut evals, &mut on_event, 0, eval_now()?);
     // The weights of the evaluation with the highest mean reward: greedy decoding of a tiny

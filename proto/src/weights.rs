@@ -31,7 +31,7 @@ impl PolicyWeights {
                 version: self.version,
                 index: u32::try_from(i).unwrap_or(u32::MAX),
                 count,
-                data: d.to_vec(),
+                data: prost::bytes::Bytes::copy_from_slice(d),
             })
             .collect()
     }

@@ -4,10 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use platter_coordinator::{CoordinatorConfig, UnigramLearner};
+use platter_coordinator::{CoordinatorConfig, RemoteLearner, RemoteLearnerOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,10 +40,16 @@ struct Args {
     /// Allow running without a token (only sensible on loopback).
     #[arg(long)]
     insecure_no_auth: bool,
-    /// Vocabulary of the built-in one-rank learner (a context-free token distribution) used
-    /// until the Qwen2.5-VL learner service is available.
-    #[arg(long, env = "PLATTER_UNIGRAM_VOCAB", default_value_t = 151_936)]
-    unigram_vocab: usize,
+    /// The learner service (`learner` binary), e.g. `http://127.0.0.1:50053`. Required.
+    #[arg(long, env = "PLATTER_LEARNER_URL")]
+    learner: Option<String>,
+    /// Bearer token for the learner's mutating calls (defaults to `--token`).
+    #[arg(long, env = "PLATTER_LEARNER_TOKEN", hide_env_values = true)]
+    learner_token: Option<String>,
+    /// Seconds one training step may take before the call is retried (the learner answers a
+    /// retried step from its stored response; it never trains a step twice).
+    #[arg(long, env = "PLATTER_LEARNER_STEP_TIMEOUT", default_value_t = 1800.0)]
+    learner_step_timeout: f64,
 }
 
 #[tokio::main]
@@ -54,10 +61,26 @@ async fn main() -> anyhow::Result<()> {
             "--token (or PLATTER_TOKEN) is required; pass --insecure-no-auth to run without one"
         );
     }
-    let mut config = CoordinatorConfig::new(
-        args.store,
-        Arc::new(UnigramLearner::new(args.unigram_vocab)),
-    );
+    let Some(learner_url) = args.learner else {
+        anyhow::bail!(
+            "--learner URL (or PLATTER_LEARNER_URL) is required: the learner service the coordinator hands batches to, e.g. http://127.0.0.1:50053 (start it with the `learner` binary)"
+        );
+    };
+    if !(args.learner_step_timeout.is_finite() && args.learner_step_timeout > 0.0) {
+        anyhow::bail!(
+            "--learner-step-timeout must be a positive number of seconds, found {}",
+            args.learner_step_timeout
+        );
+    }
+    let options = RemoteLearnerOptions {
+        token: args.learner_token.or_else(|| args.token.clone()),
+        step_timeout: Duration::from_secs_f64(args.learner_step_timeout),
+        ..RemoteLearnerOptions::default()
+    };
+    let learner = RemoteLearner::new(&learner_url, options)
+        .with_context(|| format!("learner endpoint {learner_url}"))?;
+    tracing::info!(learner = %learner_url, "training through the learner service");
+    let mut config = CoordinatorConfig::new(args.store, Arc::new(learner));
     config.auth_token = args.token;
     if let Some(addr) = args.metrics_listen {
         config.metrics_listener = Some(
