@@ -7,8 +7,14 @@
 
 mod data_cmd; // [data]
 mod debug;
+mod eval_cmd; // [eval]
+mod health_cmd; // [plan]
+mod plan_cmd; // [plan]
+mod plot; // [run]
 mod policy_cmd; // [policy]
+mod run_cmd; // [run]
 mod sam2_cmd; // [sam2]
+mod segment_cmd; // [eval]
 mod service_cmd; // [services]
 mod sft_cmd; // [sft]
 
@@ -30,9 +36,12 @@ enum Command {
     /// Check commands: compute one piece of the method so other implementations can be compared.
     #[command(subcommand)]
     Debug(DebugCommand),
-    Data(data_cmd::DataArgs), // [data]
-    /// Segment one object of an image with SAM2 from a box and points; writes mask and overlay PNGs.
-    Segment(sam2_cmd::SegmentArgs), // [sam2]
+    /// Train the built-in tiny setup end to end in one process (coordinator, reward server,
+    /// learner ranks, rollout workers), evaluating before and after.
+    Run(run_cmd::RunArgs), // [run]
+    Data(data_cmd::DataArgs),          // [data]
+    Eval(eval_cmd::EvalArgs),          // [eval]
+    Segment(segment_cmd::SegmentArgs), // [eval]
     /// Submit an experiment config (TOML) to the coordinator.
     Submit(service_cmd::SubmitArgs), // [services]
     /// Show an experiment and its last step.
@@ -43,7 +52,9 @@ enum Command {
     Cancel(service_cmd::IdArgs), // [services]
     /// List experiments.
     List(service_cmd::ListArgs), // [services]
-    Sft(sft_cmd::SftArgs),    // [sft]
+    Sft(sft_cmd::SftArgs),             // [sft]
+    Plan(plan_cmd::PlanArgs),          // [plan]
+    Health(health_cmd::HealthArgs),    // [plan]
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +65,8 @@ enum DebugCommand {
     Loss(debug::LossArgs),
     PolicyLogits(policy_cmd::PolicyLogitsArgs), // [policy]
     Sam2Masks(sam2_cmd::Sam2MasksArgs),         // [sam2]
+    /// Segment one object of an image with SAM2 from a box and points; writes mask and overlay PNGs.
+    Sam2Segment(sam2_cmd::Sam2SegmentArgs), // [sam2]
 }
 
 fn main() {
@@ -68,14 +81,22 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
-    platter_proto::logging::init_logging();
     let cli = Cli::parse();
+    // `platter run` reports progress on stdout; its services log warnings only unless RUST_LOG
+    // asks for more.
+    match cli.command {
+        Command::Run(_) => platter_proto::logging::init_logging_with_default("warn"),
+        _ => platter_proto::logging::init_logging(),
+    }
     match cli.command {
         Command::Debug(DebugCommand::Score(args)) => debug::score(args),
         Command::Debug(DebugCommand::Loss(args)) => debug::loss(args),
         Command::Debug(DebugCommand::PolicyLogits(args)) => policy_cmd::policy_logits(args), // [policy]
         Command::Debug(DebugCommand::Sam2Masks(args)) => sam2_cmd::sam2_masks(args), // [sam2]
-        Command::Segment(args) => sam2_cmd::segment(args),                           // [sam2]
+        Command::Debug(DebugCommand::Sam2Segment(args)) => sam2_cmd::sam2_segment(args), // [sam2]
+        Command::Eval(args) => eval_cmd::run(args),                                  // [eval]
+        Command::Segment(args) => segment_cmd::run(args),                            // [eval]
+        Command::Run(args) => run_cmd::run(args),                                    // [run]
         Command::Data(args) => data_cmd::run(args),                                  // [data]
         Command::Submit(args) => service_cmd::submit(args),                          // [services]
         Command::Status(args) => service_cmd::status(args),                          // [services]
@@ -83,5 +104,7 @@ fn run() -> anyhow::Result<()> {
         Command::Cancel(args) => service_cmd::cancel(args),                          // [services]
         Command::List(args) => service_cmd::list(args),                              // [services]
         Command::Sft(args) => sft_cmd::run(args),                                    // [sft]
+        Command::Plan(args) => plan_cmd::run(args),                                  // [plan]
+        Command::Health(args) => health_cmd::run(args),                              // [plan]
     }
 }

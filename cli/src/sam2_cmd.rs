@@ -1,5 +1,6 @@
 //! SAM2 commands: `platter debug sam2-masks` (raw multimask logits for comparison with another
-//! implementation) and `platter segment` (masks for prompts a person gives directly).
+//! implementation) and `platter debug sam2-segment` (a mask for a prompt a person gives
+//! directly).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,9 +36,9 @@ pub struct Sam2MasksArgs {
     pub out: PathBuf,
 }
 
-/// Arguments of `platter segment`: one object's prompt given directly.
+/// Arguments of `platter debug sam2-segment`: one object's prompt given directly.
 #[derive(Debug, clap::Args)]
-pub struct SegmentArgs {
+pub struct Sam2SegmentArgs {
     /// The image (PNG or JPEG).
     pub image: PathBuf,
     /// SAM2 checkpoint: Meta's `.pt` or `.safetensors`.
@@ -82,7 +83,9 @@ fn parse_point(s: &str) -> Result<[f32; 2], String> {
     parse_floats::<2>(s)
 }
 
-fn load_model(checkpoint: &Path, model_config: Option<&Path>) -> anyhow::Result<Sam2> {
+/// Loads SAM2 from a checkpoint, with its config from Meta's YAML or the official size in the
+/// file name.
+pub(crate) fn load_model(checkpoint: &Path, model_config: Option<&Path>) -> anyhow::Result<Sam2> {
     let cfg = match model_config {
         Some(path) => Sam2Config::from_yaml_file(path)?,
         None => match OfficialSize::from_file_name(checkpoint) {
@@ -187,7 +190,7 @@ pub fn sam2_masks(args: Sam2MasksArgs) -> anyhow::Result<()> {
 }
 
 /// Segments one object and writes `mask.png` (white = object) and `overlay.png`.
-pub fn segment(args: SegmentArgs) -> anyhow::Result<()> {
+pub fn sam2_segment(args: Sam2SegmentArgs) -> anyhow::Result<()> {
     let mut prompt = Prompt {
         bbox: args.bbox,
         points: Vec::new(),

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use platter_coordinator::{CoordinatorClient, ExperimentConfig};
+use platter_coordinator::CoordinatorClient;
 use platter_proto::v1::{Experiment, ExperimentState, StepSummary};
 
 /// Where the coordinator is.
@@ -127,7 +127,10 @@ fn step_line(s: &StepSummary) -> String {
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
-    ExperimentConfig::from_toml(&text).with_context(|| format!("{}", args.config.display()))?;
+    // The `[run]` table belongs to `platter run`; the coordinator gets the experiment only,
+    // validated here first so a bad key is reported before anything is sent.
+    let file = crate::run_cmd::RunFile::parse(&text, &args.config)?;
+    let text = toml::to_string(&file.experiment).context("encoding the experiment config")?;
     let r = block_on(async { Ok(client(&args.endpoint)?.submit(&text).await?) })?;
     println!(
         "{}  queued at position {}",

@@ -83,6 +83,7 @@ async fn run_experiment(
         .set_state(&id, ExperimentState::Running, "")?;
     tracing::info!(experiment = %id, name = %cfg.name, steps = cfg.steps, resume_step = exp.steps_completed, "experiment running");
     let steps = cfg.steps;
+    let group_size = cfg.rollout.group_size;
     {
         let mut g = shared.lock_state()?;
         g.run = Some(Run::new(
@@ -197,6 +198,15 @@ async fn run_experiment(
                 offered,
             )
         };
+        // Every offered group weighs the same (each holds group_size responses).
+        let offered_mean_terms =
+            crate::engine::mean_terms(offered.iter().filter_map(|o| o.mean_terms.as_ref()));
+        let offered_responses = offered.len() as f64 * f64::from(group_size);
+        let mean_response_tokens = if offered_responses > 0.0 {
+            offered.iter().map(|o| o.tokens as f64).sum::<f64>() / offered_responses
+        } else {
+            0.0
+        };
         let learn_started = Instant::now();
         let learner = shared.learner.clone();
         let trained = tokio::task::spawn_blocking(move || learner.train_step(&request))
@@ -229,6 +239,14 @@ async fn run_experiment(
             kept_versions: versions,
             kept_mixed: mixed,
             finished_unix_ms: now_ms(),
+            offered_mean_terms,
+            mean_response_tokens,
+            rollout_tokens_per_second: if assembly_seconds > 0.0 {
+                stats.generated_tokens as f64 / assembly_seconds
+            } else {
+                0.0
+            },
+            logprob_mismatch: trained.logprob_mismatch,
             offered,
         };
         let cursor = {

@@ -402,6 +402,8 @@ impl Run {
                     &group.metric_values(self.cfg.sampling.filter_metric),
                     self.cfg.sampling.min_group_std,
                 );
+                let group_terms =
+                    mean_terms(group.responses.iter().filter_map(|r| r.reward.as_ref()));
                 let outcome = match self.assembler.as_mut().map(|a| a.offer(group)) {
                     Some(Offer::Kept) => GroupOutcome::Kept,
                     Some(Offer::Dropped) => {
@@ -419,6 +421,7 @@ impl Run {
                     mixed,
                     tokens,
                     outcome: outcome as i32,
+                    mean_terms: group_terms,
                 });
                 outcome
             };
@@ -469,4 +472,50 @@ impl Run {
             .map(|(k, _)| k.clone())
             .collect()
     }
+}
+
+/// The mean of every reward term over `terms` (`mask_iou` over those that have one; counts
+/// rounded to the nearest integer); `None` when `terms` is empty.
+pub fn mean_terms<'a>(terms: impl Iterator<Item = &'a v1::RewardTerms>) -> Option<v1::RewardTerms> {
+    let mut sum = v1::RewardTerms::default();
+    let (mut n, mut objects, mut prompts) = (0usize, 0f64, 0f64);
+    let (mut mask_sum, mut mask_n) = (0f64, 0usize);
+    for t in terms {
+        n += 1;
+        sum.think_format += t.think_format;
+        sum.answer_format += t.answer_format;
+        sum.non_repeat += t.non_repeat;
+        sum.seg_iou += t.seg_iou;
+        sum.seg_l1 += t.seg_l1;
+        sum.seg_point += t.seg_point;
+        sum.seg += t.seg;
+        sum.total += t.total;
+        sum.overlong_penalty += t.overlong_penalty;
+        sum.shaped_reward += t.shaped_reward;
+        objects += f64::from(t.num_objects);
+        prompts += f64::from(t.num_prompts);
+        if let Some(m) = t.mask_iou {
+            mask_sum += m;
+            mask_n += 1;
+        }
+    }
+    if n == 0 {
+        return None;
+    }
+    let k = n as f64;
+    Some(v1::RewardTerms {
+        think_format: sum.think_format / k,
+        answer_format: sum.answer_format / k,
+        non_repeat: sum.non_repeat / k,
+        seg_iou: sum.seg_iou / k,
+        seg_l1: sum.seg_l1 / k,
+        seg_point: sum.seg_point / k,
+        seg: sum.seg / k,
+        mask_iou: (mask_n > 0).then(|| mask_sum / mask_n as f64),
+        num_objects: (objects / k).round() as u32,
+        total: sum.total / k,
+        overlong_penalty: sum.overlong_penalty / k,
+        shaped_reward: sum.shaped_reward / k,
+        num_prompts: (prompts / k).round() as u32,
+    })
 }

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/scripts/ci/stub-nvcc:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
-cargo check -p platter-qwen25vl -p platter-sam2 -p platter-learner \
-  --features platter-qwen25vl/cuda,platter-sam2/cuda,platter-learner/cuda
+cargo check -p platter-qwen25vl -p platter-sam2 -p platter-learner -p platter-rollout \
+  --features platter-qwen25vl/cuda,platter-sam2/cuda,platter-learner/cuda,platter-rollout/cuda
