@@ -212,6 +212,8 @@ pub struct RunSummary {
     pub wall_seconds: f64,
     pub eval_split: String,
     pub eval_samples: usize,
+    /// `box` or `sam2`: what turned predicted boxes and points into masks.
+    pub segmenter: String,
     pub eval_before: EvalPoint,
     pub eval_after: EvalPoint,
     /// The evaluation with the highest validation gIoU (its weights are `best/`).
@@ -674,6 +676,8 @@ async fn run_async(
         stopped(stop_rx.clone()),
     ));
 
+    // Workers stop first, so no stream to a service that is already gone is reported.
+    let (workers_stop_tx, workers_stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
     for i in 0..run.workers {
         let dir = policy_dir.clone();
@@ -693,7 +697,7 @@ async fn run_async(
         workers.push(tokio::spawn(platter_rollout::run(
             wc,
             Arc::new(engine),
-            stopped(stop_rx.clone()),
+            stopped(workers_stop_rx.clone()),
         )));
     }
 
@@ -790,11 +794,12 @@ async fn run_async(
         copy_model_dir(&policy_dir, &dir.join("best"))?;
     }
 
-    // Stop the services.
-    let _ = stop_tx.send(true);
+    // Stop the workers, then the services.
+    let _ = workers_stop_tx.send(true);
     for w in workers {
         let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
     }
+    let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(30), coord_task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "coordinator stopped with an error"),
         Err(_) => tracing::warn!("coordinator did not stop within 30 s"),
@@ -820,6 +825,7 @@ async fn run_async(
             .unwrap_or_default()
             .to_owned(),
         eval_samples: evaluator.samples.len(),
+        segmenter: run.segmenter.clone(),
         eval_before: before.clone(),
         eval_after: after.clone(),
         best: best.clone(),
@@ -858,7 +864,15 @@ fn eval_report(s: &RunSummary) -> String {
     let mut out = format!(
         "# Evaluation of run `{}`\n\n{} on the `{}` split ({} samples), {} segmenter masks; \
          gIoU = mean per-sample mask IoU, cIoU = ΣI/ΣU (METHOD §6).\n\n",
-        s.run_id, s.algo, s.eval_split, s.eval_samples, "predicted-box"
+        s.run_id,
+        s.algo,
+        s.eval_split,
+        s.eval_samples,
+        if s.segmenter == "sam2" {
+            "SAM2"
+        } else {
+            "predicted-box"
+        }
     );
     out.push_str(
         "| policy | step | gIoU | cIoU | parse rate | box AP@0.5 | mean reward | mean tokens |\n",
