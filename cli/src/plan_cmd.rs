@@ -40,7 +40,6 @@ mod compose;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use platter_coordinator::ExperimentConfig;
 use serde::Serialize;
 
 use budget::{
@@ -181,8 +180,8 @@ fn build_plan(args: &PlanArgs) -> anyhow::Result<Plan> {
     let capacity = parse_memory(&args.gpu_memory)?;
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let exp = ExperimentConfig::from_toml(&text)
-        .with_context(|| format!("in {}", args.config.display()))?;
+    // An experiment file may carry `platter run`'s `[run]` table; the plan needs the experiment.
+    let exp = crate::run_cmd::RunFile::parse(&text, &args.config)?.experiment;
     let spec = match &args.model {
         Some(m) => m.clone(),
         None => exp.model.policy.display().to_string(),

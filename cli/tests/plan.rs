@@ -339,3 +339,24 @@ fn qwen25vl_7b_has_its_published_size_and_bad_input_is_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a built-in name"));
 }
+
+/// The shipped paper configs carry `platter run`'s `[run]` table; `plan` reads them as they are.
+#[test]
+fn the_shipped_paper_configs_are_planned() {
+    for name in ["paper-dapo.toml", "paper-grpo.toml"] {
+        let cfg = repo().join("configs").join(name);
+        let out = plan(&[
+            cfg.to_str().unwrap(),
+            "--gpus",
+            "4",
+            "--gpu-memory",
+            "48GiB",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("unknown field") && !stderr.contains("error: in"),
+            "{name}: {stderr}"
+        );
+        assert!(!out.stdout.is_empty(), "{name}: no plan printed; {stderr}");
+    }
+}
