@@ -339,23 +339,14 @@ fn eval_line(label: &str, p: &EvalPoint) -> String {
 fn load_segmenter(run: &RunSection) -> anyhow::Result<Arc<dyn Segmenter>> {
     match run.segmenter.as_str() {
         "sam2" => {
-            use platter_sam2::{OfficialSize, Sam2, Sam2Config};
             let ckpt = run
                 .sam2_checkpoint
                 .as_deref()
                 .context("run.sam2_checkpoint is required with run.segmenter = \"sam2\"")?;
-            let cfg = match &run.sam2_config {
-                Some(p) => Sam2Config::from_yaml_file(p)?,
-                None => match OfficialSize::from_file_name(ckpt) {
-                    Some(size) => Sam2Config::official(size),
-                    None => bail!(
-                        "run.sam2_config: cannot tell the SAM2 size from {}; give Meta's YAML",
-                        ckpt.display()
-                    ),
-                },
-            };
-            let sam = Sam2::load(ckpt, cfg, &Device::Cpu)
-                .with_context(|| format!("loading SAM2 from {}", ckpt.display()))?;
+            // The same loader as `platter debug sam2-segment` and `platter eval`.
+            let sam = crate::sam2_cmd::load_model(ckpt, run.sam2_config.as_deref()).with_context(
+                || format!("run.sam2_checkpoint: loading SAM2 from {}", ckpt.display()),
+            )?;
             Ok(Arc::new(sam))
         }
         _ => Ok(Arc::new(BoxSegmenter)),
