@@ -127,6 +127,15 @@ struct SynthArgs {
     /// Worker threads (the output does not depend on it).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Multiplier on every food's drawn size.
+    #[arg(long, default_value_t = 1.0)]
+    item_scale: f32,
+    /// Most distinct foods in one scene (2..=5).
+    #[arg(long, default_value_t = 5)]
+    max_foods: usize,
+    /// Scene lighting strength in 0..=0.5 (colour balance drifts with the position; 0 = even).
+    #[arg(long, default_value_t = 0.0)]
+    lighting: f32,
 }
 
 /// Run `platter data …`.
@@ -301,6 +310,9 @@ fn synth(a: SynthArgs) -> anyhow::Result<()> {
         questions_per_image: a.questions_per_image,
         policy_image_size: a.policy_size,
         threads: a.threads,
+        item_scale: a.item_scale,
+        max_foods: a.max_foods,
+        lighting: a.lighting,
         ..SynthConfig::default()
     };
     let start = Instant::now();

@@ -74,6 +74,11 @@ pub struct RunSection {
     /// this seed and this many images (80/10/10 train/val/test).
     pub synth_seed: u64,
     pub synth_images: usize,
+    /// The generated world's food size multiplier, most foods per scene and lighting strength
+    /// (`platter_data::synth::SynthConfig`).
+    pub synth_item_scale: f32,
+    pub synth_max_foods: usize,
+    pub synth_lighting: f32,
     /// Split evaluated before, during and after training.
     pub eval_split: Split,
     /// Samples of it per evaluation (0 = all).
@@ -103,6 +108,9 @@ impl Default for RunSection {
             out_dir: "runs".into(),
             synth_seed: 1,
             synth_images: 300,
+            synth_item_scale: 1.0,
+            synth_max_foods: 5,
+            synth_lighting: 0.0,
             eval_split: Split::Val,
             eval_samples: 30,
             eval_every: 0,
@@ -376,6 +384,9 @@ fn ensure_dataset(cfg: &ExperimentConfig, run: &RunSection) -> anyhow::Result<()
         seed: run.synth_seed,
         n: run.synth_images,
         policy_image_size: cfg.data.image_size,
+        item_scale: run.synth_item_scale,
+        max_foods: run.synth_max_foods,
+        lighting: run.synth_lighting,
         ..platter_data::synth::SynthConfig::default()
     };
     platter_data::synth::generate(&synth, dir)

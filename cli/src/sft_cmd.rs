@@ -53,6 +53,19 @@ struct DataSection {
     synth_seed: u64,
     #[serde(default = "default_synth_n")]
     synth_images: usize,
+    #[serde(default = "default_item_scale")]
+    synth_item_scale: f32,
+    #[serde(default = "default_max_foods")]
+    synth_max_foods: usize,
+    #[serde(default)]
+    synth_lighting: f32,
+}
+
+fn default_item_scale() -> f32 {
+    SynthConfig::default().item_scale
+}
+fn default_max_foods() -> usize {
+    SynthConfig::default().max_foods
 }
 
 fn default_synth_seed() -> u64 {
@@ -72,7 +85,7 @@ struct ModelSection {
 fn eval_line(step: usize, s: &EvalSummary) -> String {
     format!(
         "eval @ {step:>4}: n={} parse={:.3} stop={:.3} think={:.3} answer={:.3} non_repeat={:.3} \
-         seg_iou={:.3} seg_l1={:.3} seg_point={:.3} seg={:.3} total={:.3} objects={:.2} tokens={:.1} ({:.1} s)",
+         seg_iou={:.3} seg_l1={:.3} seg_point={:.3} seg={:.3} total={:.3} giou={:.3} objects={:.2} tokens={:.1} ({:.1} s)",
         s.samples,
         s.parse_rate,
         s.stop_rate,
@@ -84,6 +97,7 @@ fn eval_line(step: usize, s: &EvalSummary) -> String {
         s.seg_point,
         s.seg,
         s.total,
+        s.giou,
         s.mean_objects,
         s.mean_tokens,
         s.seconds
@@ -100,6 +114,9 @@ fn ensure_data(dir: &Path, d: &DataSection, image_size: u32) -> anyhow::Result<P
         seed: d.synth_seed,
         n: d.synth_images,
         policy_image_size: image_size,
+        item_scale: d.synth_item_scale,
+        max_foods: d.synth_max_foods,
+        lighting: d.synth_lighting,
         ..SynthConfig::default()
     };
     generate(&cfg, dir)

@@ -187,17 +187,21 @@ impl CoordinatorClient {
         Ok(v1::GroupOutcome::try_from(out.outcome).unwrap_or(v1::GroupOutcome::Unspecified))
     }
 
-    /// Heartbeat: extends `lease_ids`, returns those to stop and the policy version.
+    /// Heartbeat: extends `lease_ids` and reports the leases stopped since the last heartbeat
+    /// (`stopped`, with the tokens thrown away); returns the leases to stop and the policy
+    /// version.
     pub async fn heartbeat(
         &self,
         worker_id: &str,
         lease_ids: Vec<String>,
+        stopped: Vec<v1::StoppedLease>,
     ) -> Result<v1::HeartbeatResponse> {
         let r = self.req(
             "Heartbeat",
             v1::HeartbeatRequest {
                 worker_id: worker_id.to_owned(),
                 lease_ids,
+                stopped,
             },
         )?;
         Ok(self

@@ -213,6 +213,8 @@ async fn run_experiment(
             .await
             .map_err(|e| Error::Learner(e.to_string()))??;
         let learn_seconds = learn_started.elapsed().as_secs_f64();
+        // Read after learning: workers report cancelled work on their next heartbeats.
+        let cancelled_tokens = shared.lock_state()?.run_mut()?.counters.cancelled_tokens;
         let summary = v1::StepSummary {
             experiment_id: id.clone(),
             step,
@@ -248,6 +250,7 @@ async fn run_experiment(
             },
             logprob_mismatch: trained.logprob_mismatch,
             offered,
+            cancelled_tokens,
         };
         let cursor = {
             let mut g = shared.lock_state()?;

@@ -81,6 +81,8 @@ pub struct StepCounters {
     pub expired_leases: u32,
     pub duplicates: u32,
     pub carried: u32,
+    /// Response tokens workers reported decoding for this step's stopped leases.
+    pub cancelled_tokens: u64,
 }
 
 /// Why assembly stopped.
@@ -112,6 +114,9 @@ pub struct Run {
     leases: HashMap<String, Lease>,
     /// Leases the workers must be told to stop (lease id -> worker id).
     cancelled: HashMap<String, String>,
+    /// Leases of this step that were cancelled or expired and whose discarded work the worker
+    /// has not reported yet (lease id -> worker id).
+    stopped_in_step: HashMap<String, String>,
     keys: HashSet<(u64, u64, u32)>,
     done: HashSet<u64>,
     carried: Vec<HeldGroup>,
@@ -148,6 +153,7 @@ impl Run {
             pending: VecDeque::new(),
             leases: HashMap::new(),
             cancelled: HashMap::new(),
+            stopped_in_step: HashMap::new(),
             keys: HashSet::new(),
             done: HashSet::new(),
             carried: Vec::new(),
@@ -173,6 +179,7 @@ impl Run {
             ..Default::default()
         };
         self.cancelled.clear();
+        self.stopped_in_step.clear();
         self.offered.clear();
         self.readiness = if a.is_full() {
             Readiness::Ready
@@ -301,6 +308,23 @@ impl Run {
         stop
     }
 
+    /// Takes `worker_id`'s report of leases it stopped and the tokens it had decoded for each:
+    /// counted in the metrics, and in this step's counters when the lease is one of this step's
+    /// cancelled or expired leases held by that worker (each lease once).
+    pub fn stopped(&mut self, worker_id: &str, reports: &[v1::StoppedLease]) {
+        record_stopped_tokens(reports);
+        for r in reports {
+            if self
+                .stopped_in_step
+                .get(&r.lease_id)
+                .is_some_and(|w| w == worker_id)
+            {
+                self.stopped_in_step.remove(&r.lease_id);
+                self.counters.cancelled_tokens += r.decoded_tokens;
+            }
+        }
+    }
+
     /// Re-queues the prompts of expired leases (at the front, with the next attempt number).
     pub fn expire(&mut self, now: Instant) {
         let expired: Vec<String> = self
@@ -314,6 +338,7 @@ impl Run {
                 tracing::warn!(experiment = %self.id, step = self.step, lease = %id, worker = %l.worker_id, "lease expired; leasing the prompt again");
                 metrics::counter!(m::LEASES, "event" => "expired").increment(1);
                 self.counters.expired_leases += 1;
+                self.stopped_in_step.insert(id, l.worker_id);
                 if self.assembling() && !self.done.contains(&l.task.draw) {
                     self.pending.push_front(Task {
                         attempt: l.task.attempt + 1,
@@ -334,6 +359,7 @@ impl Run {
             .collect();
         for id in ids {
             if let Some(l) = self.leases.remove(&id) {
+                self.stopped_in_step.insert(id.clone(), l.worker_id.clone());
                 self.cancelled.insert(id, l.worker_id);
                 self.counters.cancelled_leases += 1;
                 metrics::counter!(m::LEASES, "event" => "cancelled").increment(1);
@@ -346,6 +372,7 @@ impl Run {
     pub fn cancel_outstanding(&mut self) {
         self.pending.clear();
         for (id, l) in self.leases.drain() {
+            self.stopped_in_step.insert(id.clone(), l.worker_id.clone());
             self.cancelled.insert(id, l.worker_id);
             self.counters.cancelled_leases += 1;
             metrics::counter!(m::LEASES, "event" => "cancelled").increment(1);
@@ -474,6 +501,15 @@ impl Run {
     }
 }
 
+/// Counts the tokens of stopped leases as generated and discarded (`reason` = cancelled).
+pub fn record_stopped_tokens(reports: &[v1::StoppedLease]) {
+    let tokens: u64 = reports.iter().map(|r| r.decoded_tokens).sum();
+    if tokens > 0 {
+        metrics::counter!(m::TOKENS_GENERATED).increment(tokens);
+        metrics::counter!(m::TOKENS_DISCARDED, "reason" => "cancelled").increment(tokens);
+    }
+}
+
 /// The mean of every reward term over `terms` (`mask_iou` over those that have one; counts
 /// rounded to the nearest integer); `None` when `terms` is empty.
 pub fn mean_terms<'a>(terms: impl Iterator<Item = &'a v1::RewardTerms>) -> Option<v1::RewardTerms> {
@@ -518,4 +554,85 @@ pub fn mean_terms<'a>(terms: impl Iterator<Item = &'a v1::RewardTerms>) -> Optio
         shaped_reward: sum.shaped_reward / k,
         num_prompts: (prompts / k).round() as u32,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dir: &std::path::Path) -> Run {
+        let synth = platter_data::synth::SynthConfig {
+            n: 6,
+            width: 64,
+            height: 48,
+            policy_image_size: 112,
+            threads: 1,
+            ..Default::default()
+        };
+        let manifest = platter_data::synth::generate(&synth, dir).unwrap().manifest;
+        let toml = format!(
+            "name = \"t\"\nsteps = 2\n[data]\nmanifest = \"{}\"\nimage_size = 112\n[rollout]\ngroup_size = 2\nlease_timeout_seconds = 1.0\n[sampling]\nprompts_per_step = 1\n",
+            manifest.display()
+        );
+        let cfg = ExperimentConfig::from_toml(&toml).unwrap();
+        let source = PromptSource::open(&cfg.data, 0).unwrap();
+        let mut run = Run::new("e".into(), cfg, source, 0, 0, 0);
+        run.begin_step(Instant::now());
+        run
+    }
+
+    fn report(lease_id: &str, decoded_tokens: u64) -> v1::StoppedLease {
+        v1::StoppedLease {
+            lease_id: lease_id.to_owned(),
+            decoded_tokens,
+        }
+    }
+
+    #[test]
+    fn stopped_work_counts_once_for_the_step_and_worker_that_held_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = run(dir.path());
+        let t0 = Instant::now();
+        let a = run.lease("w1", 1, t0).remove(0).lease_id;
+        let b = run.lease("w2", 1, t0).remove(0).lease_id;
+        let c = run.lease("w2", 1, t0).remove(0).lease_id;
+        // Nothing stopped yet: a report of a live lease does not count for the step.
+        run.stopped("w1", &[report(&a, 5)]);
+        assert_eq!(run.counters.cancelled_tokens, 0);
+        // `a` expires; `b` and `c` are cancelled (the batch is full, say).
+        run.expire(t0 + Duration::from_secs(2));
+        assert_eq!(run.counters.expired_leases, 3);
+        // w1 reports a: 7 tokens. w1 reporting w2's lease b is not counted; w2 reports b: 11,
+        // then b again (a resent heartbeat): not counted twice; an unknown lease: ignored.
+        run.stopped("w1", &[report(&a, 7), report(&b, 100)]);
+        run.stopped(
+            "w2",
+            &[report(&b, 11), report(&b, 11), report("e/9/9/1", 50)],
+        );
+        // 7 + 11 = 18.
+        assert_eq!(run.counters.cancelled_tokens, 18);
+        // The next step starts from zero and ignores the previous step's leases.
+        run.begin_step(t0 + Duration::from_secs(3));
+        run.stopped("w2", &[report(&c, 13)]);
+        assert_eq!(run.counters.cancelled_tokens, 0);
+    }
+
+    #[test]
+    fn cancelled_leases_count_their_reported_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = run(dir.path());
+        let now = Instant::now();
+        let leases = run.lease("w", 2, now);
+        run.cancel_outstanding();
+        assert_eq!(run.counters.cancelled_leases, 2);
+        // 30 + 4 = 34.
+        run.stopped(
+            "w",
+            &[
+                report(&leases[0].lease_id, 30),
+                report(&leases[1].lease_id, 4),
+            ],
+        );
+        assert_eq!(run.counters.cancelled_tokens, 34);
+    }
 }

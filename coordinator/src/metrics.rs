@@ -6,9 +6,10 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 pub const GROUPS: &str = "platter_groups_total";
 /// Generation rounds each assembled batch needed.
 pub const GENERATION_ROUNDS: &str = "platter_generation_rounds";
-/// Response tokens received from workers.
+/// Response tokens received from workers (scored groups, and the work of cancelled leases).
 pub const TOKENS_GENERATED: &str = "platter_generated_tokens_total";
-/// Response tokens generated but not trained on (dropped, surplus, late, duplicate).
+/// Response tokens generated but not trained on (dropped, surplus, late, duplicate, stale,
+/// cancelled).
 pub const TOKENS_DISCARDED: &str = "platter_discarded_tokens_total";
 /// Lease events (granted, expired, cancelled).
 pub const LEASES: &str = "platter_leases_total";
@@ -50,12 +51,12 @@ pub fn describe() {
     describe_counter!(
         TOKENS_GENERATED,
         Unit::Count,
-        "Response tokens received from rollout workers."
+        "Response tokens received from rollout workers (scored groups, and tokens decoded for cancelled leases)."
     );
     describe_counter!(
         TOKENS_DISCARDED,
         Unit::Count,
-        "Response tokens generated but not trained on, by reason (dropped, surplus, late, duplicate, stale)."
+        "Response tokens generated but not trained on, by reason (dropped, surplus, late, duplicate, stale, cancelled)."
     );
     describe_counter!(
         LEASES,

@@ -302,6 +302,7 @@ impl Coordinator for Service {
         let mut g = self.shared.lock_state()?;
         let (cancelled, version) = match g.run.as_mut() {
             Some(run) => {
+                run.stopped(&req.worker_id, &req.stopped);
                 let mut stop = run.heartbeat(&req.worker_id, &req.lease_ids, Instant::now());
                 for id in run.cancelled_for(&req.worker_id) {
                     if !stop.contains(&id) {
@@ -311,7 +312,10 @@ impl Coordinator for Service {
                 (stop, run.version)
             }
             // No running experiment: nothing the worker holds is still wanted.
-            None => (req.lease_ids, 0),
+            None => {
+                crate::engine::record_stopped_tokens(&req.stopped);
+                (req.lease_ids, 0)
+            }
         };
         Ok(Response::new(v1::HeartbeatResponse {
             cancelled_lease_ids: cancelled,

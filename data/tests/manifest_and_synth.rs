@@ -109,6 +109,106 @@ fn synth_rejects_bad_config() {
     };
     let report = generate(&tiny, dir.path()).unwrap();
     assert_eq!(report.images.values().sum::<usize>(), 20);
+    for (cfg, key) in [
+        (
+            SynthConfig {
+                item_scale: 0.0,
+                ..small(1, 1)
+            },
+            "item_scale",
+        ),
+        (
+            SynthConfig {
+                max_foods: 6,
+                ..small(1, 1)
+            },
+            "max_foods",
+        ),
+        (
+            SynthConfig {
+                lighting: f32::NAN,
+                ..small(1, 1)
+            },
+            "lighting",
+        ),
+    ] {
+        let err = generate(&cfg, dir.path()).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
+fn synth_lighting_changes_pixels_by_position_not_masks() {
+    use platter_data::synth::scene;
+    let base = SynthConfig {
+        width: 160,
+        height: 120,
+        ..small(7, 1)
+    };
+    let lit = SynthConfig {
+        lighting: 0.3,
+        ..base.clone()
+    };
+    let (a, b) = (scene(&base, 0).unwrap(), scene(&lit, 0).unwrap());
+    // Same scene, same exact masks and labels.
+    assert_eq!(a.canvas.labels, b.canvas.labels);
+    assert_eq!(a.instances.len(), b.instances.len());
+    for ((ca, ma), (cb, mb)) in a.instances.iter().zip(&b.instances) {
+        assert_eq!((ca, ma.count()), (cb, mb.count()));
+    }
+    // The top-left pixel keeps its colour (gains 1); the bottom-right one loses 30% of every
+    // channel (each gain 1 − 0.3), to the rounding of a u8.
+    assert_eq!(a.canvas.rgb.get_pixel(0, 0), b.canvas.rgb.get_pixel(0, 0));
+    let (pa, pb) = (
+        a.canvas.rgb.get_pixel(159, 119),
+        b.canvas.rgb.get_pixel(159, 119),
+    );
+    for c in 0..3 {
+        let want = (f32::from(pa[c]) * 0.7).round() as u8;
+        assert_eq!(pb[c], want, "channel {c}: {pa:?} -> {pb:?}");
+    }
+    // Top-right: red falls to 0.7, blue keeps its value, green to 0.85.
+    let (pa, pb) = (
+        a.canvas.rgb.get_pixel(159, 0),
+        b.canvas.rgb.get_pixel(159, 0),
+    );
+    assert_eq!(pb[0], (f32::from(pa[0]) * 0.7).round() as u8);
+    assert_eq!(pb[1], (f32::from(pa[1]) * 0.85).round() as u8);
+    assert_eq!(pb[2], pa[2]);
+}
+
+#[test]
+fn synth_item_scale_and_max_foods_shape_the_scenes() {
+    use platter_data::synth::scene;
+    let cfg = |item_scale, max_foods| SynthConfig {
+        width: 320,
+        height: 240,
+        n: 40,
+        item_scale,
+        max_foods,
+        ..small(9, 1)
+    };
+    let stats = |c: &SynthConfig| {
+        let (mut area, mut max_kinds) = (0u64, 0usize);
+        for i in 0..40 {
+            let s = scene(c, i).unwrap();
+            area +=
+                s.instances.iter().map(|(_, m)| m.count()).sum::<u64>() / s.instances.len() as u64;
+            let mut kinds: Vec<u8> = s.instances.iter().map(|(k, _)| *k).collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            max_kinds = max_kinds.max(kinds.len());
+        }
+        (area, max_kinds)
+    };
+    let (small_area, kinds5) = stats(&cfg(1.0, 5));
+    let (big_area, kinds2) = stats(&cfg(1.5, 2));
+    assert!(kinds5 > 2 && kinds2 == 2, "{kinds5} {kinds2}");
+    // Mean instance area grows with the square of the scale (less what occlusion takes).
+    assert!(
+        big_area as f64 > 1.5 * small_area as f64,
+        "{small_area} {big_area}"
+    );
 }
 
 #[test]

@@ -7,6 +7,13 @@
 //!
 //! Reductions sum in f64 in rank order, so every rank gets bit-identical results and a run is
 //! reproducible whatever the thread timing.
+//!
+//! With the `cuda` feature, [`nccl::NcclGroup`] implements [`Collective`] over NCCL for ranks
+//! on separate GPUs; [`rendezvous`] hands rank 0's NCCL unique id to ranks in other processes.
+
+#[cfg(feature = "cuda")]
+pub mod nccl;
+pub mod rendezvous;
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -34,16 +41,27 @@ pub trait Collective: Send + Sync {
     }
     /// Element-wise f32 sum of a tensor across ranks, returned on the tensor's device. The
     /// default goes through host memory; a device collective (NCCL) overrides it to reduce in
-    /// place on the GPU.
+    /// place on the GPU, in which case a contiguous f32 `t` holds the sum afterwards too: pass
+    /// a tensor whose old value is no longer needed.
     fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
-        if self.world_size() == 1 {
-            return Ok(t.to_dtype(DType::F32)?);
-        }
-        let shape = t.shape().clone();
-        let mut host = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        self.all_reduce_sum(&mut host)?;
-        Ok(Tensor::from_vec(host, shape, t.device())?)
+        reduce_tensor_through_host(self, t)
     }
+}
+
+/// [`Collective::all_reduce_sum_tensor`] through a host buffer and
+/// [`Collective::all_reduce_sum`] (the default, and the fallback for tensors a device
+/// collective cannot reduce where they are).
+pub(crate) fn reduce_tensor_through_host<C: Collective + ?Sized>(
+    c: &C,
+    t: &Tensor,
+) -> Result<Tensor> {
+    if c.world_size() == 1 {
+        return Ok(t.to_dtype(DType::F32)?);
+    }
+    let shape = t.shape().clone();
+    let mut host = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    c.all_reduce_sum(&mut host)?;
+    Ok(Tensor::from_vec(host, shape, t.device())?)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,6 +24,11 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
     /// Linear warmup from 0 to `lr` over this many steps (0 = constant lr).
     pub warmup_steps: u64,
+    /// Cosine decay from `lr` (after the warmup) to `min_lr` at update `decay_steps`, then
+    /// `min_lr` (0 = no decay: constant `lr` after the warmup).
+    pub decay_steps: u64,
+    /// The floor of the cosine decay.
+    pub min_lr: f64,
 }
 
 impl Default for AdamWConfig {
@@ -35,6 +40,8 @@ impl Default for AdamWConfig {
             eps: 1e-8,
             weight_decay: 0.01,
             warmup_steps: 0,
+            decay_steps: 0,
+            min_lr: 0.0,
         }
     }
 }
@@ -62,6 +69,15 @@ impl AdamWConfig {
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad("optim.weight_decay", "must be a finite number >= 0");
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad("optim.min_lr", "must be a finite number in [0, lr]");
+        }
+        if self.decay_steps > 0 && self.decay_steps <= self.warmup_steps {
+            return bad(
+                "optim.decay_steps",
+                "must be 0 (no decay) or larger than optim.warmup_steps",
+            );
         }
         Ok(())
     }
@@ -181,11 +197,18 @@ impl AdamW {
         self.step
     }
 
-    /// The learning rate the next update uses (linear warmup, then constant).
+    /// The learning rate the next update uses: linear warmup, then constant or (with
+    /// `decay_steps`) a cosine down to `min_lr`.
     pub fn current_lr(&self) -> f64 {
         let next = self.step + 1;
-        if self.cfg.warmup_steps > 0 && next < self.cfg.warmup_steps {
-            self.cfg.lr * next as f64 / self.cfg.warmup_steps as f64
+        let (warm, decay) = (self.cfg.warmup_steps, self.cfg.decay_steps);
+        if warm > 0 && next < warm {
+            self.cfg.lr * next as f64 / warm as f64
+        } else if decay > 0 {
+            let span = decay.saturating_sub(warm.max(1)).max(1) as f64;
+            let done = (next.saturating_sub(warm.max(1)) as f64 / span).min(1.0);
+            let cos = 0.5 * (1.0 + (std::f64::consts::PI * done).cos());
+            self.cfg.min_lr + (self.cfg.lr - self.cfg.min_lr) * cos
         } else {
             self.cfg.lr
         }
@@ -351,5 +374,48 @@ mod tests {
         )
         .unwrap();
         assert_eq!(opt.current_lr(), 0.25);
+    }
+
+    #[test]
+    fn cosine_decay_after_warmup() {
+        // lr 1, warmup 2, decay to 0.1 at update 6: updates 1..=8 use 0.5 (warmup), 1.0 (the
+        // peak), 1 − 0.9·(1 − cos(π/4))/2, 0.55 (halfway), …, 0.1 at update 6 and after.
+        let w = Var::new(&[1f32], &Device::Cpu).unwrap();
+        let cfg = AdamWConfig {
+            lr: 1.0,
+            warmup_steps: 2,
+            decay_steps: 6,
+            min_lr: 0.1,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(vec![("w".into(), w)], cfg).unwrap();
+        let mut lrs = Vec::new();
+        for _ in 0..8 {
+            lrs.push(opt.current_lr());
+            opt.step(&[None]).unwrap();
+        }
+        let q = 0.1 + 0.9 * 0.5 * (1.0 + std::f64::consts::FRAC_PI_4.cos());
+        let want = [0.5, 1.0, q, 0.55, 1.1 - q, 0.1, 0.1, 0.1];
+        for (got, want) in lrs.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{lrs:?}");
+        }
+    }
+
+    #[test]
+    fn decay_settings_are_checked() {
+        let cfg = |decay_steps, min_lr| AdamWConfig {
+            lr: 1e-3,
+            warmup_steps: 10,
+            decay_steps,
+            min_lr,
+            ..Default::default()
+        };
+        assert!(cfg(0, 0.0).validate().is_ok());
+        assert!(cfg(100, 1e-4).validate().is_ok());
+        for bad in [cfg(10, 0.0), cfg(100, 2e-3), cfg(100, f64::NAN)] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains("optim."), "{e}");
+        }
     }
 }

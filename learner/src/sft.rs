@@ -46,6 +46,25 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::policy::model_dir_files;
 use crate::{Error, Result};
 
+/// The measure that picks the best evaluation (ties go to the earlier one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SelectBy {
+    /// Validation gIoU of the greedy answers (box masks): how well the policy localises.
+    Giou,
+    /// Mean total reward: format terms dominate it.
+    Total,
+}
+
+impl SelectBy {
+    fn score(self, e: &EvalSummary) -> f64 {
+        match self {
+            SelectBy::Giou => e.giou,
+            SelectBy::Total => e.total,
+        }
+    }
+}
+
 /// Settings of one SFT run (the `[sft]` table of `configs/sft-tiny.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -70,6 +89,8 @@ pub struct SftConfig {
     pub eval_samples: usize,
     /// Generation limit during evaluation.
     pub max_new_tokens: usize,
+    /// Which evaluation's weights `best/` keeps.
+    pub select_by: SelectBy,
     /// AdamW settings (SFT wants a much larger lr than RL's METHOD default).
     pub optim: AdamWConfig,
     /// Reward constants used to score the evaluation answers.
@@ -89,6 +110,7 @@ impl Default for SftConfig {
             eval_every: 20,
             eval_samples: 30,
             max_new_tokens: 160,
+            select_by: SelectBy::Giou,
             optim: AdamWConfig {
                 lr: 3e-3,
                 warmup_steps: 10,
@@ -321,11 +343,12 @@ fn keep_best(
     best: &mut (usize, f64, HashMap<String, Tensor>),
     evals: &[(usize, EvalSummary)],
     vars: &[(String, Var)],
+    select_by: SelectBy,
 ) -> Result<()> {
     if let Some((step, e)) = evals.last()
-        && e.total > best.1
+        && select_by.score(e) > best.1
     {
-        *best = (*step, e.total, snapshot(vars)?);
+        *best = (*step, select_by.score(e), snapshot(vars)?);
     }
     Ok(())
 }
@@ -411,9 +434,13 @@ pub fn train(
         Ok(EvalSummary::from(&run))
     };
     push_eval(&mut evals, &mut on_event, 0, eval_now()?);
-    // The weights of the evaluation with the highest mean reward: greedy decoding of a tiny
-    // policy can fall into repetition late in a constant-lr run.
-    let mut best = (0usize, evals[0].1.total, snapshot(&vars.vars)?);
+    // The weights of the best evaluation (`select_by`): greedy decoding of a tiny policy can
+    // fall into repetition late in a run.
+    let mut best = (
+        0usize,
+        cfg.select_by.score(&evals[0].1),
+        snapshot(&vars.vars)?,
+    );
     for step in 1..=cfg.steps {
         let mut batch = Vec::with_capacity(cfg.batch_size);
         while batch.len() < cfg.batch_size {
@@ -453,12 +480,12 @@ pub fn train(
         });
         if cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every) && step != cfg.steps {
             push_eval(&mut evals, &mut on_event, step, eval_now()?);
-            keep_best(&mut best, &evals, &vars.vars)?;
+            keep_best(&mut best, &evals, &vars.vars, cfg.select_by)?;
         }
     }
     if cfg.steps > 0 {
         push_eval(&mut evals, &mut on_event, cfg.steps, eval_now()?);
-        keep_best(&mut best, &evals, &vars.vars)?;
+        keep_best(&mut best, &evals, &vars.vars, cfg.select_by)?;
     }
     let model_dir = paths.out_dir.join("model");
     save_model_dir(&snapshot(&vars.vars)?, &paths.base_model, &model_dir)?;

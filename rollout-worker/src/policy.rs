@@ -3,7 +3,7 @@
 //! log-probs and finish reasons, under hot-swappable versioned weights.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use platter_proto::weights::PolicyWeights;
 
@@ -73,18 +73,32 @@ pub struct GeneratedGroup {
     pub policy_version: u64,
 }
 
-/// Cooperative cancellation: the engine checks it between decoding steps and returns early.
+/// Cooperative cancellation of one group: the engine checks it between decoding steps and
+/// returns early. The engine also records on it how many response tokens it has decoded so far,
+/// so a worker whose group is cancelled mid-generation can count the work thrown away.
 #[derive(Debug, Clone, Default)]
-pub struct CancelFlag(Arc<AtomicBool>);
+pub struct CancelFlag {
+    cancelled: Arc<AtomicBool>,
+    decoded_tokens: Arc<AtomicU64>,
+}
 
 impl CancelFlag {
     /// Asks the holder to stop.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.cancelled.store(true, Ordering::SeqCst);
     }
     /// Whether stopping was asked for.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.cancelled.load(Ordering::SeqCst)
+    }
+    /// Records the response tokens decoded so far for this group, summed over its responses
+    /// (engines call it as decoding goes, at least whenever they poll [`Self::is_cancelled`]).
+    pub fn set_decoded_tokens(&self, tokens: u64) {
+        self.decoded_tokens.store(tokens, Ordering::SeqCst);
+    }
+    /// The last count given to [`Self::set_decoded_tokens`] (0 if the engine records none).
+    pub fn decoded_tokens(&self) -> u64 {
+        self.decoded_tokens.load(Ordering::SeqCst)
     }
 }
 
@@ -94,7 +108,8 @@ pub trait Policy: Send + Sync + 'static {
     fn version(&self) -> u64;
     /// Replaces the weights (hot swap between groups); the version becomes `weights.version`.
     fn load_weights(&self, weights: &PolicyWeights) -> Result<(), PolicyError>;
-    /// Samples a group; returns `Ok(None)` when `cancel` was raised before it finished.
+    /// Samples a group; returns `Ok(None)` when `cancel` was raised before it finished, after
+    /// recording on `cancel` the response tokens decoded until then.
     fn generate(
         &self,
         request: &GenerationRequest,

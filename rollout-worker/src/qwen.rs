@@ -321,11 +321,31 @@ impl QwenEngine {
             prompt: &prompt,
             num_samples: request.group_size,
         };
+        // Progress for the caller's discarded-work accounting. The model polls the closure
+        // once before the prefill and then after each sampling iteration that leaves a sample
+        // running. Iteration 1 samples G tokens from the prefill logits; iteration j > 1
+        // samples one token per row of decoding step j - 1, which the model's `decode_rows`
+        // counter adds up. After n iterations the group holds G + (rows of n - 1 decoding
+        // steps) tokens, at most G * n. The counter is shared by every group decoding on these
+        // weights at once, so the count is exact when the group decodes alone and otherwise
+        // bounded by G * n.
+        let polls = std::cell::Cell::new(0u64);
+        let rows_before = loaded.model.counters().decode_rows as u64;
+        let g = request.group_size as u64;
+        let progress = || {
+            let n = polls.get();
+            polls.set(n + 1);
+            if n > 0 {
+                let rows = (loaded.model.counters().decode_rows as u64).saturating_sub(rows_before);
+                cancel.set_decoded_tokens((g * n).min(g + rows));
+            }
+            cancel.is_cancelled()
+        };
         let Some(mut out) = loaded.model.generate_cancellable(
             &[group],
             &params,
             self.processor.pad_token_id,
-            &|| cancel.is_cancelled(),
+            &progress,
         )?
         else {
             return Ok(None);
@@ -421,5 +441,63 @@ impl Policy for QwenEngine {
         cancel: &CancelFlag,
     ) -> Result<Option<GeneratedGroup>, PolicyError> {
         Ok(self.generate_group(request, cancel)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(group_size: usize, max_response_tokens: usize) -> GenerationRequest {
+        GenerationRequest {
+            prompt_text: platter_rl::prompt::user_prompt(
+                "the rice",
+                platter_rl::prompt::DEFAULT_ANSWER_EXAMPLE,
+            ),
+            image: RgbImage::from_fn(96, 72, |x, y| {
+                image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+            }),
+            image_size: 224,
+            group_size,
+            max_response_tokens,
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 11,
+        }
+    }
+
+    #[test]
+    fn decoded_tokens_follow_the_group_as_it_decodes() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/tiny-sft");
+        let engine = QwenEngine::load(&dir, &Device::Cpu, DType::F32).unwrap();
+
+        // Raised before the call: nothing decoded.
+        let flag = CancelFlag::default();
+        flag.cancel();
+        assert!(
+            engine
+                .generate_group(&request(4, 160), &flag)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(flag.decoded_tokens(), 0);
+
+        // Not raised: the last poll comes after the second-to-last sampling iteration. With N
+        // iterations (the longest response), sample i had then min(len_i, N - 1) tokens; the
+        // count must equal their sum exactly (one group decoding alone on the engine), whether
+        // or not some samples stopped early.
+        let flag = CancelFlag::default();
+        let group = engine
+            .generate_group(&request(4, 160), &flag)
+            .unwrap()
+            .unwrap();
+        let lens: Vec<u64> = group
+            .responses
+            .iter()
+            .map(|r| r.token_ids.len() as u64)
+            .collect();
+        let n = lens.iter().copied().max().unwrap();
+        let expected: u64 = lens.iter().map(|l| (*l).min(n - 1)).sum();
+        assert_eq!(flag.decoded_tokens(), expected, "response lengths {lens:?}");
     }
 }

@@ -73,9 +73,23 @@ pub struct WorkerReport {
     pub submitted: u64,
     /// Groups stopped by cancellation.
     pub cancelled: u64,
+    /// Response tokens decoded for the cancelled groups (partial groups included).
+    pub cancelled_tokens: u64,
     /// Groups that failed (logged).
     pub failed: u64,
 }
+
+/// How one lease ended (errors aside).
+enum Processed {
+    /// The scored group went to the coordinator.
+    Submitted,
+    /// The lease was cancelled; `decoded_tokens` response tokens had been generated for it.
+    Cancelled { decoded_tokens: u64 },
+}
+
+/// Stops not yet reported to the coordinator are capped (a coordinator unreachable for long
+/// must not grow them without bound); the oldest are dropped first.
+const MAX_UNREPORTED_STOPS: usize = 4096;
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -94,6 +108,10 @@ struct Ctx {
     weights: Option<Mutex<watch::Receiver<PolicyWeights>>>,
     weights_timeout: Duration,
     active: Mutex<HashMap<String, CancelFlag>>,
+    /// Cancelled leases and their discarded tokens, for the next heartbeat.
+    stopped: Mutex<Vec<v1::StoppedLease>>,
+    /// Wakes the heartbeat loop early when a stop is waiting to be reported.
+    report_stops: tokio::sync::Notify,
     report: Mutex<WorkerReport>,
 }
 
@@ -143,8 +161,12 @@ pub async fn run(
         weights: config.weights.map(Mutex::new),
         weights_timeout: config.weights_timeout,
         active: Mutex::new(HashMap::new()),
+        stopped: Mutex::new(Vec::new()),
+        report_stops: tokio::sync::Notify::new(),
         report: Mutex::new(WorkerReport::default()),
     });
+    // Exported from the start, so a scrape shows it before the first cancellation.
+    metrics::counter!(m::CANCELLED_TOKENS, "worker" => ctx.name.clone()).increment(0);
     // Aborted when this future is dropped too (a killed worker must stop heartbeating).
     let heartbeat = AbortOnDrop(tokio::spawn(heartbeats(
         ctx.clone(),
@@ -195,8 +217,11 @@ pub async fn run(
                 let id = lease.lease_id.clone();
                 let outcome = process(&ctx, lease, &flag).await;
                 let label = match &outcome {
-                    Ok(true) => "submitted",
-                    Ok(false) => "cancelled",
+                    Ok(Processed::Submitted) => "submitted",
+                    Ok(Processed::Cancelled { decoded_tokens }) => {
+                        discarded(&ctx, &id, *decoded_tokens);
+                        "cancelled"
+                    }
                     Err(e) => {
                         tracing::warn!(lease = %id, error = %e, "group failed");
                         "failed"
@@ -205,10 +230,13 @@ pub async fn run(
                 metrics::counter!(m::GROUPS, "outcome" => label, "worker" => ctx.name.clone())
                     .increment(1);
                 if let Ok(mut r) = ctx.report.lock() {
-                    match label {
-                        "submitted" => r.submitted += 1,
-                        "cancelled" => r.cancelled += 1,
-                        _ => r.failed += 1,
+                    match &outcome {
+                        Ok(Processed::Submitted) => r.submitted += 1,
+                        Ok(Processed::Cancelled { decoded_tokens }) => {
+                            r.cancelled += 1;
+                            r.cancelled_tokens += decoded_tokens;
+                        }
+                        Err(_) => r.failed += 1,
                     }
                 }
                 if let Ok(mut a) = ctx.active.lock() {
@@ -230,10 +258,29 @@ pub async fn run(
     Ok(report)
 }
 
+/// Counts the work of a cancelled lease and queues it for the coordinator.
+fn discarded(ctx: &Ctx, lease_id: &str, decoded_tokens: u64) {
+    metrics::counter!(m::CANCELLED_TOKENS, "worker" => ctx.name.clone()).increment(decoded_tokens);
+    if decoded_tokens == 0 {
+        return;
+    }
+    if let Ok(mut s) = ctx.stopped.lock() {
+        if s.len() >= MAX_UNREPORTED_STOPS {
+            s.remove(0);
+        }
+        s.push(v1::StoppedLease {
+            lease_id: lease_id.to_owned(),
+            decoded_tokens,
+        });
+    }
+    ctx.report_stops.notify_one();
+}
+
 async fn heartbeats(ctx: Arc<Ctx>, every: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
+            () = ctx.report_stops.notified() => {}
             () = stopped(&mut stop) => return,
         }
         let ids: Vec<String> = ctx
@@ -241,7 +288,16 @@ async fn heartbeats(ctx: Arc<Ctx>, every: Duration, mut stop: watch::Receiver<bo
             .lock()
             .map(|a| a.keys().cloned().collect())
             .unwrap_or_default();
-        match ctx.coordinator.heartbeat(&ctx.worker_id, ids).await {
+        let stops = ctx
+            .stopped
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
+        match ctx
+            .coordinator
+            .heartbeat(&ctx.worker_id, ids, stops.clone())
+            .await
+        {
             Ok(r) => {
                 if let Ok(a) = ctx.active.lock() {
                     for id in &r.cancelled_lease_ids {
@@ -252,7 +308,16 @@ async fn heartbeats(ctx: Arc<Ctx>, every: Duration, mut stop: watch::Receiver<bo
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                // Report the stops with the next heartbeat.
+                if let Ok(mut s) = ctx.stopped.lock() {
+                    let newer = std::mem::replace(&mut *s, stops);
+                    s.extend(newer);
+                    let excess = s.len().saturating_sub(MAX_UNREPORTED_STOPS);
+                    s.drain(..excess);
+                }
+            }
         }
     }
 }
@@ -307,8 +372,8 @@ async fn ensure_version(ctx: &Ctx, lease_id: &str, needed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Generates, scores and submits one group; `Ok(false)` when it was cancelled.
-async fn process(ctx: &Ctx, lease: v1::PromptLease, cancel: &CancelFlag) -> Result<bool> {
+/// Generates, scores and submits one group, or stops when `cancel` is raised.
+async fn process(ctx: &Ctx, lease: v1::PromptLease, cancel: &CancelFlag) -> Result<Processed> {
     let lease_id = lease.lease_id.clone();
     ensure_version(ctx, &lease_id, lease.min_policy_version).await?;
     let image = decode_image(
@@ -344,18 +409,26 @@ async fn process(ctx: &Ctx, lease: v1::PromptLease, cancel: &CancelFlag) -> Resu
             message: e.to_string(),
         })?;
     let generation_seconds = gen_started.elapsed().as_secs_f64();
+    // Stopped generations count too: the time was spent, and the step loop's accounting
+    // (docs/benchmarks.md) charges it to generation.
+    metrics::histogram!(m::STAGE_SECONDS, "stage" => "generate").record(generation_seconds);
     let Some(group) = generated else {
-        return Ok(false);
+        // Stopped mid-generation: what the engine decoded was generated all the same.
+        let decoded_tokens = cancel.decoded_tokens();
+        metrics::counter!(m::TOKENS, "worker" => ctx.name.clone()).increment(decoded_tokens);
+        return Ok(Processed::Cancelled { decoded_tokens });
     };
     let tokens: usize = group.responses.iter().map(|r| r.token_ids.len()).sum();
+    let whole_group = Processed::Cancelled {
+        decoded_tokens: tokens as u64,
+    };
     metrics::counter!(m::TOKENS, "worker" => ctx.name.clone()).increment(tokens as u64);
-    metrics::histogram!(m::STAGE_SECONDS, "stage" => "generate").record(generation_seconds);
     if generation_seconds > 0.0 {
         metrics::gauge!(m::TOKENS_PER_SECOND, "worker" => ctx.name.clone())
             .set(tokens as f64 / generation_seconds);
     }
     if cancel.is_cancelled() {
-        return Ok(false);
+        return Ok(whole_group);
     }
     let score_started = Instant::now();
     let score_request = v1::ScoreRequest {
@@ -378,7 +451,7 @@ async fn process(ctx: &Ctx, lease: v1::PromptLease, cancel: &CancelFlag) -> Resu
     let scoring_seconds = score_started.elapsed().as_secs_f64();
     metrics::histogram!(m::STAGE_SECONDS, "stage" => "score").record(scoring_seconds);
     if cancel.is_cancelled() {
-        return Ok(false);
+        return Ok(whole_group);
     }
     if score.responses.len() != group.responses.len() {
         return Err(Error::Lease {
@@ -419,7 +492,7 @@ async fn process(ctx: &Ctx, lease: v1::PromptLease, cancel: &CancelFlag) -> Resu
     metrics::histogram!(m::STAGE_SECONDS, "stage" => "submit")
         .record(submit_started.elapsed().as_secs_f64());
     tracing::debug!(lease = %lease_id, ?outcome, "group submitted");
-    Ok(true)
+    Ok(Processed::Submitted)
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

@@ -5,21 +5,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use candle_core::{DType, Device};
 use platter_coordinator::{CoordinatorClient, CoordinatorConfig, Learner, UnigramLearner};
 use platter_data::BoxSegmenter;
 use platter_data::synth::{SynthConfig, generate};
+use platter_learner::QwenLearner;
 use platter_reward::RewardServerConfig;
-use platter_rollout::{WorkerConfig, WorkerReport};
+use platter_rollout::{Policy, QwenEngine, WorkerConfig, WorkerReport};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::policy::{CANDIDATES, CandidatePolicy};
 
-/// Writes a small synthetic dataset (96 × 72 images, objects for a 112-pixel policy input) and
-/// returns its manifest.
-pub fn synth_dataset(dir: &Path) -> PathBuf {
-    let cfg = SynthConfig {
+/// The small synthetic dataset of the test-policy cluster: 30 images of 96 × 72, objects for a
+/// 112-pixel policy input.
+pub fn small_synth() -> SynthConfig {
+    SynthConfig {
         seed: 7,
         n: 30,
         width: 96,
@@ -27,11 +29,31 @@ pub fn synth_dataset(dir: &Path) -> PathBuf {
         policy_image_size: 112,
         threads: 1,
         ..SynthConfig::default()
-    };
-    match generate(&cfg, dir) {
+    }
+}
+
+/// Writes [`small_synth`] into `dir` and returns its manifest.
+pub fn synth_dataset(dir: &Path) -> PathBuf {
+    synth_into(&small_synth(), dir)
+}
+
+fn synth_into(cfg: &SynthConfig, dir: &Path) -> PathBuf {
+    match generate(cfg, dir) {
         Ok(report) => report.manifest,
         Err(e) => panic!("synthetic dataset: {e}"),
     }
+}
+
+/// The policy behind the workers, and the learner that trains it.
+#[derive(Debug, Clone)]
+pub enum ClusterPolicy {
+    /// The candidate-response test double ([`crate::CandidatePolicy`], `group_time` per
+    /// group), trained by the coordinator's one-rank `UnigramLearner`.
+    Candidates,
+    /// The Qwen2.5-VL engine (`platter_rollout::QwenEngine`, one per worker, CPU, f32) on the
+    /// HF model directory `model_dir`, trained by `platter_learner::QwenLearner` (ranks from
+    /// the experiment's `[learner]` table; its `[model] policy` must be the same directory).
+    Qwen { model_dir: PathBuf },
 }
 
 /// Cluster settings.
@@ -41,10 +63,15 @@ pub struct ClusterOptions {
     pub workers: usize,
     /// Groups each worker generates at once.
     pub groups_per_worker: usize,
-    /// Simulated generation time per group.
+    /// Simulated generation time per group (test policy only).
     pub group_time: Duration,
     /// Bearer token of the coordinator.
     pub token: Option<String>,
+    /// The workers' policy and the learner.
+    pub policy: ClusterPolicy,
+    /// The synthetic dataset to generate (its `policy_image_size` is the experiments'
+    /// `data.image_size`).
+    pub synth: SynthConfig,
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +81,8 @@ impl Default for ClusterOptions {
             groups_per_worker: 2,
             group_time: Duration::from_millis(40),
             token: Some("test-token".into()),
+            policy: ClusterPolicy::Candidates,
+            synth: small_synth(),
         }
     }
 }
@@ -101,7 +130,6 @@ impl WorkerHandle {
 }
 
 /// The services.
-#[derive(Debug)]
 pub struct Cluster {
     /// Coordinator gRPC address.
     pub coordinator_addr: SocketAddr,
@@ -115,8 +143,10 @@ pub struct Cluster {
     pub workers: Vec<WorkerHandle>,
     /// The dataset manifest.
     pub manifest: PathBuf,
+    /// Policy input side of the dataset.
+    pub image_size: u32,
     /// The learner (its weight stream feeds the workers).
-    pub learner: Arc<UnigramLearner>,
+    pub learner: Arc<dyn Learner>,
     token: Option<String>,
     coordinator: (
         oneshot::Sender<()>,
@@ -124,6 +154,17 @@ pub struct Cluster {
     ),
     reward: Option<(oneshot::Sender<()>, JoinHandle<platter_reward::Result<()>>)>,
     _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("coordinator_addr", &self.coordinator_addr)
+            .field("reward_addr", &self.reward_addr)
+            .field("workers", &self.workers)
+            .field("manifest", &self.manifest)
+            .finish_non_exhaustive()
+    }
 }
 
 async fn bind() -> TcpListener {
@@ -155,7 +196,7 @@ async fn start_reward(
 
 fn start_coordinator(
     dir: &Path,
-    learner: &Arc<UnigramLearner>,
+    learner: &Arc<dyn Learner>,
     token: Option<String>,
     listener: TcpListener,
     metrics: Option<TcpListener>,
@@ -223,8 +264,11 @@ impl Cluster {
             Ok(d) => d,
             Err(e) => panic!("tempdir: {e}"),
         };
-        let manifest = synth_dataset(&dir.path().join("data"));
-        let learner = Arc::new(UnigramLearner::new(CANDIDATES.len()));
+        let manifest = synth_into(&options.synth, &dir.path().join("data"));
+        let learner: Arc<dyn Learner> = match &options.policy {
+            ClusterPolicy::Candidates => Arc::new(UnigramLearner::new(CANDIDATES.len())),
+            ClusterPolicy::Qwen { .. } => Arc::new(QwenLearner::new()),
+        };
 
         let (rl, rm) = (bind().await, bind().await);
         let (reward_addr, reward_metrics) = (addr(&rl), addr(&rm));
@@ -262,7 +306,15 @@ impl Cluster {
             wcfg.weights = Some(learner.subscribe());
             wcfg.weights_timeout = Duration::from_secs(20);
             wcfg.metrics_listener = Some(ml);
-            let policy = Arc::new(CandidatePolicy::new(options.group_time));
+            let policy: Arc<dyn Policy> = match &options.policy {
+                ClusterPolicy::Candidates => Arc::new(CandidatePolicy::new(options.group_time)),
+                ClusterPolicy::Qwen { model_dir } => {
+                    match QwenEngine::load(model_dir, &Device::Cpu, DType::F32) {
+                        Ok(e) => Arc::new(e),
+                        Err(e) => panic!("policy {}: {e}", model_dir.display()),
+                    }
+                }
+            };
             let (tx, rx) = oneshot::channel::<()>();
             let task = tokio::spawn(platter_rollout::run(wcfg, policy, async move {
                 let _ = rx.await;
@@ -281,6 +333,7 @@ impl Cluster {
             reward_metrics,
             workers,
             manifest,
+            image_size: options.synth.policy_image_size,
             learner,
             token: options.token,
             coordinator,
@@ -292,6 +345,41 @@ impl Cluster {
     /// The version the learner published last.
     pub fn learner_version(&self) -> u64 {
         self.learner.subscribe().borrow().version
+    }
+
+    /// Response tokens of cancelled groups: (counted by the workers, reported to the
+    /// coordinator), from the shared metrics registry, once the two agree (the workers'
+    /// reports ride on heartbeats) or `within` has passed.
+    pub async fn settled_cancelled_tokens(&self, within: Duration) -> (f64, f64) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let body = platter_proto::metrics_http::scrape(self.coordinator_metrics)
+                .await
+                .unwrap_or_default();
+            let workers =
+                crate::step_report::metric_sum(&body, "platter_rollout_cancelled_tokens_total");
+            let coordinator = crate::step_report::metric_sum(
+                &body,
+                "platter_discarded_tokens_total{reason=\"cancelled\"}",
+            );
+            if workers == coordinator || tokio::time::Instant::now() >= deadline {
+                return (workers, coordinator);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The policy version worker `i` has loaded, from its `/metrics`.
+    pub async fn worker_policy_version(&self, i: usize) -> f64 {
+        let w = &self.workers[i];
+        let body = platter_proto::metrics_http::scrape(w.metrics_addr)
+            .await
+            .unwrap_or_default();
+        let prefix = format!("platter_rollout_policy_version{{worker=\"{}\"}} ", w.name);
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// A client holding the cluster's token.
@@ -318,8 +406,9 @@ impl Cluster {
         extra: &str,
     ) -> String {
         format!(
-            "name = \"e2e\"\nalgorithm = \"dapo\"\nsteps = {steps}\nseed = 3\n\n[data]\nmanifest = \"{}\"\nimage_size = 112\n\n[rollout]\ngroup_size = 4\nlease_timeout_seconds = {lease_timeout:?}\n\n[sampling]\nprompts_per_step = {prompts_per_step}\nmax_generation_rounds = 20\n\n[overlong]\nmax_response_tokens = 64\n\n[optim]\nlr = 0.05\n{extra}",
-            self.manifest.display()
+            "name = \"e2e\"\nalgorithm = \"dapo\"\nsteps = {steps}\nseed = 3\n\n[data]\nmanifest = \"{}\"\nimage_size = {}\n\n[rollout]\ngroup_size = 4\nlease_timeout_seconds = {lease_timeout:?}\n\n[sampling]\nprompts_per_step = {prompts_per_step}\nmax_generation_rounds = 20\n\n[overlong]\nmax_response_tokens = 64\n\n[optim]\nlr = 0.05\n{extra}",
+            self.manifest.display(),
+            self.image_size
         )
     }
 

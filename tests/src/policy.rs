@@ -109,7 +109,7 @@ impl Policy for CandidatePolicy {
         };
         let uniform = request.seed.is_multiple_of(2);
         let first = pick(&mut rng);
-        let responses = (0..request.group_size)
+        let responses: Vec<SampledResponse> = (0..request.group_size)
             .map(|_| {
                 let i = if uniform { first } else { pick(&mut rng) };
                 SampledResponse {
@@ -120,14 +120,20 @@ impl Policy for CandidatePolicy {
                 }
             })
             .collect();
+        // Decoding is simulated as even progress over `group_time`: a group cancelled part way
+        // has decoded that fraction of its tokens.
+        let total: usize = responses.iter().map(|r| r.token_ids.len()).sum();
         let mut waited = Duration::ZERO;
         while waited < self.group_time {
+            let done = waited.as_secs_f64() / self.group_time.as_secs_f64();
+            cancel.set_decoded_tokens((total as f64 * done).floor() as u64);
             if cancel.is_cancelled() {
                 return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(5));
             waited += Duration::from_millis(5);
         }
+        cancel.set_decoded_tokens(total as u64);
         Ok(Some(GeneratedGroup {
             responses,
             policy_version: version,

@@ -51,6 +51,14 @@ pub struct SynthConfig {
     pub jpeg_quality: u8,
     /// Worker threads (output does not depend on it).
     pub threads: usize,
+    /// Multiplier on every food's drawn size (1 = the table's sizes).
+    pub item_scale: f32,
+    /// Most distinct foods in one scene (each scene has 2 to this many).
+    pub max_foods: usize,
+    /// Strength of the scene lighting: a warm light on the left and a cool one at the top
+    /// fall off across the picture, so each channel's brightness drifts with the position
+    /// (0 = evenly lit). The exact masks do not change.
+    pub lighting: f32,
 }
 
 impl Default for SynthConfig {
@@ -65,6 +73,9 @@ impl Default for SynthConfig {
             policy_image_size: 336,
             jpeg_quality: 90,
             threads: 2,
+            item_scale: 1.0,
+            max_foods: 5,
+            lighting: 0.0,
         }
     }
 }
@@ -87,6 +98,24 @@ impl SynthConfig {
             return Err(Error::Config(format!(
                 "jpeg_quality must be in 1..=100, found {}",
                 self.jpeg_quality
+            )));
+        }
+        if !(self.item_scale.is_finite() && (0.25..=3.0).contains(&self.item_scale)) {
+            return Err(Error::Config(format!(
+                "item_scale must be in 0.25..=3.0, found {}",
+                self.item_scale
+            )));
+        }
+        if !(2..=5).contains(&self.max_foods) {
+            return Err(Error::Config(format!(
+                "max_foods must be in 2..=5, found {}",
+                self.max_foods
+            )));
+        }
+        if !(self.lighting.is_finite() && (0.0..=0.5).contains(&self.lighting)) {
+            return Err(Error::Config(format!(
+                "lighting must be in 0.0..=0.5, found {}",
+                self.lighting
             )));
         }
         PolicySpace::new(self.policy_image_size)?;
@@ -138,7 +167,7 @@ pub fn scene(cfg: &SynthConfig, index: usize) -> Result<Scene> {
         }
         let mut foods: Vec<&'static knowledge::Food> = FOODS.iter().collect();
         foods.shuffle(&mut rng);
-        let k = rng.random_range(2..=5);
+        let k = rng.random_range(2..=cfg.max_foods);
         let mut items: Vec<Item> = Vec::new();
         for food in &foods[..k] {
             let copies = match rng.random_range(0..20) {
@@ -150,7 +179,7 @@ pub fn scene(cfg: &SynthConfig, index: usize) -> Result<Scene> {
                 if items.len() >= 8 {
                     break;
                 }
-                let r = food.size * side * rng.random_range(1.0..1.35);
+                let r = food.size * side * rng.random_range(1.0..1.35) * cfg.item_scale;
                 // Best of a few tries: the spot overlapping its neighbours least.
                 let mut best = (f32::MIN, (0.0, 0.0));
                 for _ in 0..15 {
@@ -181,6 +210,7 @@ pub fn scene(cfg: &SynthConfig, index: usize) -> Result<Scene> {
                 )
             })
             .collect();
+        render::light(&mut canvas, cfg.lighting);
         // Redraw when occlusion left an instance too small to see.
         let min_area = (side * side * 0.0015).max(12.0) as u64;
         if instances.iter().any(|(_, m)| m.count() < min_area) {

@@ -321,6 +321,29 @@ pub fn container(canvas: &mut Canvas, rng: &mut ChaCha8Rng) -> Container {
     }
 }
 
+/// Scene lighting of `strength` (0 = none): a warm light on the left and a cool one at the
+/// top. Red falls off from left to right, blue from top to bottom and green with both, by up to
+/// `strength` of the value, so a patch's colour balance tells where in the picture it lies.
+/// Only the picture changes, never the labels.
+pub fn light(canvas: &mut Canvas, strength: f32) {
+    if strength <= 0.0 {
+        return;
+    }
+    let (w, h) = canvas.rgb.dimensions();
+    let (wf, hf) = ((w.max(2) - 1) as f32, (h.max(2) - 1) as f32);
+    for (x, y, px) in canvas.rgb.enumerate_pixels_mut() {
+        let (u, v) = (x as f32 / wf, y as f32 / hf);
+        let gains = [
+            1.0 - strength * u,
+            1.0 - strength * 0.5 * (u + v),
+            1.0 - strength * v,
+        ];
+        for (c, g) in px.0.iter_mut().zip(gains) {
+            *c = (f32::from(*c) * g).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
 /// Label FoodSeg103 uses for pixels to ignore.
 pub const IGNORE: u8 = 255;
 

@@ -37,24 +37,56 @@ struct Args {
     /// Device of every rank: `cpu` or `cuda:N` (needs a build with `--features cuda`).
     #[arg(long, env = "PLATTER_LEARNER_DEVICE", default_value = "cpu")]
     device: String,
+    /// One device per rank instead of `--device`: rank r runs on the r-th entry of a
+    /// comma-separated list of distinct GPUs (`cuda:0,cuda:1,...`; with more than one, ranks
+    /// all-reduce through NCCL) or of `cpu` entries. `learner.ranks` may not exceed its length.
+    #[arg(
+        long,
+        env = "PLATTER_LEARNER_RANK_DEVICES",
+        value_delimiter = ',',
+        conflicts_with = "device"
+    )]
+    rank_devices: Vec<String>,
     /// Weight chunk size in bytes when a subscriber asks for none.
     #[arg(long, env = "PLATTER_LEARNER_CHUNK_BYTES", default_value_t = DEFAULT_CHUNK_BYTES)]
     chunk_bytes: usize,
 }
 
-fn parse_device(spec: &str) -> anyhow::Result<Device> {
+/// `cpu` or `cuda:N` for `flag`; rank devices get a CUDA stream of their own.
+fn parse_device(flag: &str, spec: &str, own_stream: bool) -> anyhow::Result<Device> {
+    let spec = spec.trim();
     if spec == "cpu" {
         return Ok(Device::Cpu);
     }
     let Some(ordinal) = spec.strip_prefix("cuda:") else {
-        anyhow::bail!("--device must be `cpu` or `cuda:N`, found `{spec}`");
+        anyhow::bail!("{flag} takes `cpu` or `cuda:N`, found `{spec}`");
     };
     let ordinal: usize = ordinal
         .parse()
-        .with_context(|| format!("--device `{spec}`: `{ordinal}` is not a GPU index"))?;
-    Device::new_cuda(ordinal).with_context(|| {
-        format!("--device `{spec}`: cannot open the GPU (is this a `--features cuda` build?)")
+        .with_context(|| format!("{flag} `{spec}`: `{ordinal}` is not a GPU index"))?;
+    let device = if own_stream {
+        Device::new_cuda_with_stream(ordinal)
+    } else {
+        Device::new_cuda(ordinal)
+    };
+    device.with_context(|| {
+        format!("{flag} `{spec}`: cannot open the GPU (is this a `--features cuda` build?)")
     })
+}
+
+fn learner(args: &Args) -> anyhow::Result<QwenLearner> {
+    if args.rank_devices.is_empty() {
+        let device = parse_device("--device", &args.device, false)?;
+        tracing::info!(device = %args.device, "learner ranks run on this device");
+        return Ok(QwenLearner::with_device(device));
+    }
+    let devices = args
+        .rank_devices
+        .iter()
+        .map(|s| parse_device("--rank-devices", s, true))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    tracing::info!(devices = ?args.rank_devices, "rank r runs on the r-th rank device");
+    QwenLearner::with_rank_devices(devices).context("--rank-devices")
 }
 
 #[tokio::main]
@@ -72,9 +104,7 @@ async fn main() -> anyhow::Result<()> {
             args.chunk_bytes
         );
     }
-    let device = parse_device(&args.device)?;
-    tracing::info!(device = %args.device, "learner ranks run on this device");
-    let mut config = LearnerServerConfig::new(Arc::new(QwenLearner::with_device(device)));
+    let mut config = LearnerServerConfig::new(Arc::new(learner(&args)?));
     config.auth_token = args.token;
     config.chunk_bytes = args.chunk_bytes;
     if let Some(addr) = args.metrics_listen {

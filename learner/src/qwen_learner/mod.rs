@@ -1,8 +1,11 @@
 //! The Qwen2.5-VL learner behind the coordinator's [`Learner`] trait.
 //!
 //! [`QwenLearner::start_experiment`] loads `[model] policy` into `[learner] ranks` data-parallel
-//! replicas (threads with an in-process collective on CPU; each rank its own policy and AdamW),
-//! opens the experiment's prompt source and publishes version 0. [`QwenLearner::train_step`]:
+//! replicas (threads; each rank its own policy and AdamW), opens the experiment's prompt source
+//! and publishes version 0. Ranks share one device ([`QwenLearner::with_device`]; an in-process
+//! collective) or rank r runs on the r-th of a device list ([`QwenLearner::with_rank_devices`],
+//! [`QwenLearner::per_rank_cuda`]; NCCL between GPUs with the `cuda` feature).
+//! [`QwenLearner::train_step`]:
 //!
 //! 1. checks the batch (finite rewards and log-probs, token ids in the vocabulary, a known
 //!    policy version within `max_staleness`) and rebuilds every group's prompt from its
@@ -39,7 +42,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, DeviceLocation, Tensor};
 use platter_coordinator::Learner;
 use platter_coordinator::config::{
     Algorithm as ExperimentAlgorithm, ExperimentConfig, OptimConfig, PublishDtype,
@@ -72,6 +75,7 @@ impl From<&OptimConfig> for AdamWConfig {
             eps: o.eps,
             weight_decay: o.weight_decay,
             warmup_steps: o.warmup_steps,
+            ..AdamWConfig::default()
         }
     }
 }
@@ -213,7 +217,10 @@ impl std::fmt::Debug for Session {
 
 /// The Qwen2.5-VL learner (see the module docs). Calls block; run them off an async runtime.
 pub struct QwenLearner {
+    /// Rank 0's device; also where the reference policy and frozen old versions live.
     device: Device,
+    /// Rank r's device is `rank_devices[r]`; empty: every rank on `device`.
+    rank_devices: Vec<Device>,
     session: Mutex<Option<Session>>,
     publish: watch::Sender<PolicyWeights>,
 }
@@ -222,6 +229,7 @@ impl std::fmt::Debug for QwenLearner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QwenLearner")
             .field("device", &self.device)
+            .field("rank_devices", &self.rank_devices.len())
             .finish_non_exhaustive()
     }
 }
@@ -243,8 +251,66 @@ impl QwenLearner {
         Self::with_device(Device::Cpu)
     }
 
-    /// A learner whose ranks all run on `device` (threads sharing it).
+    /// A learner whose ranks all run on `device` (threads sharing it, with an in-process
+    /// collective).
     pub fn with_device(device: Device) -> Self {
+        Self::build(device, Vec::new())
+    }
+
+    /// A learner whose rank r runs on `devices[r]`; an experiment may ask for at most
+    /// `devices.len()` ranks. The devices are all CPU or all distinct GPUs; with more than one
+    /// GPU rank (feature `cuda`) the ranks all-reduce through NCCL.
+    pub fn with_rank_devices(devices: Vec<Device>) -> Result<Self> {
+        let Some(first) = devices.first().cloned() else {
+            return Err(Error::InvalidConfig {
+                key: "rank devices",
+                reason: "the list is empty".into(),
+            });
+        };
+        let mut gpus = Vec::new();
+        for d in &devices {
+            match d.location() {
+                DeviceLocation::Cuda { gpu_id } if gpus.contains(&gpu_id) => {
+                    return Err(Error::InvalidConfig {
+                        key: "rank devices",
+                        reason: format!("cuda:{gpu_id} appears twice; give each rank its own GPU"),
+                    });
+                }
+                DeviceLocation::Cuda { gpu_id } => gpus.push(gpu_id),
+                DeviceLocation::Cpu => {}
+                other => {
+                    return Err(Error::InvalidConfig {
+                        key: "rank devices",
+                        reason: format!("{other:?} is not supported; use CPU or CUDA devices"),
+                    });
+                }
+            }
+        }
+        if !gpus.is_empty() && gpus.len() != devices.len() {
+            return Err(Error::InvalidConfig {
+                key: "rank devices",
+                reason: "CPU and GPU devices are mixed; use all CPU or all GPUs".into(),
+            });
+        }
+        Ok(Self::build(first, devices))
+    }
+
+    /// A learner whose rank r runs on `cuda:r`, for up to `gpus` ranks (needs the `cuda`
+    /// feature). Each GPU gets a device with its own stream, so a rank's work is ordered
+    /// whatever thread submits it.
+    pub fn per_rank_cuda(gpus: usize) -> Result<Self> {
+        let devices = (0..gpus)
+            .map(|r| {
+                Device::new_cuda_with_stream(r).map_err(|e| Error::InvalidConfig {
+                    key: "rank devices",
+                    reason: format!("cannot open cuda:{r} for rank {r}: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::with_rank_devices(devices)
+    }
+
+    fn build(device: Device, rank_devices: Vec<Device>) -> Self {
         m::describe();
         let (publish, _) = watch::channel(PolicyWeights {
             version: 0,
@@ -252,9 +318,28 @@ impl QwenLearner {
         });
         Self {
             device,
+            rank_devices,
             session: Mutex::new(None),
             publish,
         }
+    }
+
+    /// The device of each of `ranks` ranks.
+    fn devices_for(&self, ranks: usize) -> Result<Vec<Device>> {
+        if self.rank_devices.is_empty() {
+            return Ok(vec![self.device.clone(); ranks]);
+        }
+        if ranks > self.rank_devices.len() {
+            return Err(Error::InvalidConfig {
+                key: "learner.ranks",
+                reason: format!(
+                    "{ranks} ranks asked for, but the learner has {} rank devices (one per \
+                     rank)",
+                    self.rank_devices.len()
+                ),
+            });
+        }
+        Ok(self.rank_devices[..ranks].to_vec())
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Option<Session>>> {
@@ -289,6 +374,7 @@ impl QwenLearner {
             context: "experiment config".into(),
             reason: e.to_string(),
         })?;
+        let devices = self.devices_for(cfg.learner.ranks as usize)?;
         let mut guard = self.lock()?;
         // Stop the previous experiment's ranks before loading new ones.
         *guard = None;
@@ -366,7 +452,7 @@ impl QwenLearner {
         };
         let ranks = RankPool::spawn(
             setup,
-            cfg.learner.ranks as usize,
+            devices,
             Duration::from_secs_f64(cfg.learner.collective_timeout_seconds),
         )?;
         let mut session = Session {
@@ -653,5 +739,41 @@ impl Learner for QwenLearner {
 
     fn subscribe(&self) -> watch::Receiver<PolicyWeights> {
         self.publish.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_devices_are_checked_and_bound_the_rank_count() {
+        let e = QwenLearner::with_rank_devices(Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("rank devices"), "{e}");
+
+        let shared = QwenLearner::new();
+        assert_eq!(shared.devices_for(3).unwrap().len(), 3);
+
+        let listed = QwenLearner::with_rank_devices(vec![Device::Cpu, Device::Cpu]).unwrap();
+        let devices = listed.devices_for(2).unwrap();
+        assert_eq!(devices.len(), 2);
+        assert!(devices.iter().all(|d| d.is_cpu()));
+        assert_eq!(listed.devices_for(1).unwrap().len(), 1);
+        let e = listed.devices_for(3).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    key: "learner.ranks",
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("3 ranks") && text.contains("2 rank devices"),
+            "{text}"
+        );
     }
 }

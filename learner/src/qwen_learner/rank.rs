@@ -1,7 +1,9 @@
-//! Data-parallel ranks as threads: each holds its own trainable policy and AdamW, runs its
-//! shard of every step through [`crate::update::train_step`] and all-reduces through an
-//! [`InProcessGroup`]. A failing rank aborts the group (so its peers fail at their next
-//! collective instead of waiting out the timeout) and every rank always answers.
+//! Data-parallel ranks as threads: each holds its own trainable policy and AdamW on its device,
+//! runs its shard of every step through [`crate::update::train_step`] and all-reduces through
+//! its group: an [`InProcessGroup`] on CPU (or when ranks share one GPU), an NCCL group when
+//! every rank has a GPU of its own (feature `cuda`). A failing rank aborts the group (so its
+//! in-process peers fail at their next collective instead of waiting out the timeout; NCCL
+//! peers fail at their timeout) and every rank always answers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -12,9 +14,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
+use platter_qwen25vl::{Policy, PolicyVars};
 
 use super::batch::{GlobalBatch, RankModel, SharedSequence, logprob_rows};
 use crate::checkpoint::{Checkpoint, CheckpointState, CheckpointStore};
+#[cfg(feature = "cuda")]
+use crate::collective::nccl::{AbortFlag, NcclGroup, NcclUniqueId};
 use crate::collective::{Collective, InProcessGroup};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::update::{
@@ -27,12 +32,14 @@ use crate::{Error, QwenPolicy, Result};
 #[derive(Clone)]
 pub(crate) struct RankSetup {
     pub model_dir: PathBuf,
+    /// The rank's device ([`RankPool::spawn`] sets it per rank).
     pub device: Device,
     pub freeze_vision: bool,
     pub pad_token_id: u32,
     pub adamw: AdamWConfig,
     pub update: UpdateConfig,
-    /// GRPO's frozen reference policy (shared by the ranks: it is never written).
+    /// GRPO's frozen reference policy (shared by the ranks on its device: it is never written;
+    /// a rank on another device loads its own copy).
     pub reference: Option<Arc<QwenPolicy>>,
     /// Checkpoint to resume from.
     pub resume: Option<Arc<Checkpoint>>,
@@ -145,21 +152,25 @@ pub(crate) fn root_cause(errors: Vec<Error>) -> Option<Error> {
 }
 
 impl RankPool {
-    /// Starts `world` rank threads; each loads the policy (and the resume checkpoint) and the
-    /// call returns once all are ready, or with the first rank's error.
-    pub fn spawn(setup: RankSetup, world: usize, timeout: Duration) -> Result<Self> {
-        let groups = InProcessGroup::new(world, timeout);
+    /// Starts one rank thread per entry of `devices` (rank r on `devices[r]`); each joins its
+    /// group, loads the policy (and the resume checkpoint), and the call returns once all are
+    /// ready, or with the first rank's error.
+    pub fn spawn(setup: RankSetup, devices: Vec<Device>, timeout: Duration) -> Result<Self> {
+        let world = devices.len();
+        let plans = plan_groups(&devices, timeout)?;
         let mut senders = Vec::with_capacity(world);
         let mut handles = Vec::with_capacity(world);
         let mut ready = Vec::with_capacity(world);
-        for group in groups {
-            let rank = group.rank();
+        for (rank, (plan, device)) in plans.into_iter().zip(devices).enumerate() {
             let (tx, rx) = mpsc::channel();
             let (ready_tx, ready_rx) = mpsc::channel();
-            let setup = setup.clone();
+            let setup = RankSetup {
+                device,
+                ..setup.clone()
+            };
             let handle = std::thread::Builder::new()
                 .name(format!("learner-rank-{rank}"))
-                .spawn(move || rank_main(group, setup, ready_tx, rx))
+                .spawn(move || rank_main(rank, plan, setup, ready_tx, rx))
                 .map_err(|e| Error::Data {
                     context: format!("learner rank {rank}"),
                     reason: format!("cannot start its thread: {e}"),
@@ -240,9 +251,137 @@ impl Drop for RankPool {
     }
 }
 
+/// The CUDA device indices of `devices` when every one is a distinct GPU.
+#[cfg(feature = "cuda")]
+fn distinct_gpus(devices: &[Device]) -> Option<Vec<usize>> {
+    let mut ordinals = Vec::with_capacity(devices.len());
+    for d in devices {
+        match d.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } if !ordinals.contains(&gpu_id) => {
+                ordinals.push(gpu_id)
+            }
+            _ => return None,
+        }
+    }
+    Some(ordinals)
+}
+
+/// How each rank joins its group: more than one rank, each on a GPU of its own, use NCCL
+/// (feature `cuda`); otherwise (CPU, one rank, or ranks sharing a GPU, which NCCL refuses) the
+/// ranks use an in-process group.
+fn plan_groups(devices: &[Device], timeout: Duration) -> Result<Vec<GroupPlan>> {
+    let world = devices.len();
+    #[cfg(feature = "cuda")]
+    if world > 1
+        && let Some(gpus) = distinct_gpus(devices)
+    {
+        // Rank 0's id and one abort flag, shared in memory: the ranks are threads of this
+        // process, so a failing rank makes its peers fail at once, as in-process.
+        let id = NcclUniqueId::new()?;
+        let abort = AbortFlag::new();
+        tracing::info!(world, ?gpus, "learner ranks all-reduce through NCCL");
+        return Ok((0..world)
+            .map(|rank| GroupPlan::Nccl {
+                rank,
+                world,
+                id,
+                timeout,
+                abort: abort.clone(),
+            })
+            .collect());
+    }
+    Ok(InProcessGroup::new(world, timeout)
+        .into_iter()
+        .map(GroupPlan::InProcess)
+        .collect())
+}
+
+/// What a rank thread needs to join its group.
+enum GroupPlan {
+    InProcess(InProcessGroup),
+    #[cfg(feature = "cuda")]
+    Nccl {
+        rank: usize,
+        world: usize,
+        id: NcclUniqueId,
+        timeout: Duration,
+        abort: AbortFlag,
+    },
+}
+
+impl GroupPlan {
+    fn join(self, _device: &Device) -> Result<RankGroup> {
+        match self {
+            GroupPlan::InProcess(g) => Ok(RankGroup::InProcess(g)),
+            #[cfg(feature = "cuda")]
+            GroupPlan::Nccl {
+                rank,
+                world,
+                id,
+                timeout,
+                abort,
+            } => NcclGroup::with_abort_flag(_device, rank, world, &id, timeout, abort.clone())
+                .map(RankGroup::Nccl)
+                .inspect_err(|_| abort.raise()),
+        }
+    }
+}
+
+/// A rank's collective.
+enum RankGroup {
+    InProcess(InProcessGroup),
+    #[cfg(feature = "cuda")]
+    Nccl(NcclGroup),
+}
+
+impl RankGroup {
+    fn inner(&self) -> &dyn Collective {
+        match self {
+            RankGroup::InProcess(g) => g,
+            #[cfg(feature = "cuda")]
+            RankGroup::Nccl(g) => g,
+        }
+    }
+
+    /// Makes the peers' collectives fail instead of waiting for this rank.
+    fn abort(&self) {
+        match self {
+            RankGroup::InProcess(g) => abort(g),
+            #[cfg(feature = "cuda")]
+            RankGroup::Nccl(g) => g.abort(),
+        }
+    }
+}
+
+impl Collective for RankGroup {
+    fn rank(&self) -> usize {
+        self.inner().rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.inner().world_size()
+    }
+
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
+        self.inner().all_reduce_sum(buf)
+    }
+
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+        self.inner().all_reduce_sum_f64(buf)
+    }
+
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        self.inner().broadcast(buf, root)
+    }
+
+    fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        self.inner().all_reduce_sum_tensor(t)
+    }
+}
+
 /// A rank's model, optimizer and skip bookkeeping.
 struct RankState {
-    group: InProcessGroup,
+    group: RankGroup,
     model: QwenPolicy,
     opt: AdamW,
     skips: SkipCounter,
@@ -252,14 +391,17 @@ struct RankState {
 }
 
 fn rank_main(
-    group: InProcessGroup,
+    rank: usize,
+    plan: GroupPlan,
     setup: RankSetup,
     ready: mpsc::Sender<Result<()>>,
     commands: mpsc::Receiver<Command>,
 ) {
-    let rank = group.rank();
-    let loaded = catch_unwind(AssertUnwindSafe(|| RankState::load(group, setup)))
-        .unwrap_or_else(|p| Err(panic_message(rank, p)));
+    let loaded = catch_unwind(AssertUnwindSafe(|| {
+        let group = plan.join(&setup.device)?;
+        RankState::load(group, setup)
+    }))
+    .unwrap_or_else(|p| Err(panic_message(rank, p)));
     let mut state = match loaded {
         Ok(s) => {
             let _ = ready.send(Ok(()));
@@ -293,7 +435,21 @@ fn rank_main(
 }
 
 impl RankState {
-    fn load(group: InProcessGroup, setup: RankSetup) -> Result<Self> {
+    fn load(group: RankGroup, mut setup: RankSetup) -> Result<Self> {
+        // GRPO's reference on this rank's device: the shared copy when it is here, else a
+        // copy of its own (the reference is the initial policy, `model_dir`).
+        if let Some(shared) = &setup.reference
+            && !shared.policy().device().same_device(&setup.device)
+        {
+            let policy = Policy::load(&setup.model_dir, &setup.device, DType::F32)
+                .map_err(|e| Error::Candle(candle_core::Error::wrap(e)))?;
+            setup.reference = Some(Arc::new(QwenPolicy::from_parts(
+                policy,
+                PolicyVars { vars: Vec::new() },
+                setup.freeze_vision,
+                setup.pad_token_id,
+            )));
+        }
         let model = QwenPolicy::load_trainable(
             &setup.model_dir,
             &setup.device,
@@ -328,7 +484,7 @@ impl RankState {
     }
 
     fn abort_group(&self) {
-        abort(&self.group);
+        self.group.abort();
     }
 
     fn snapshot(&self) -> Result<HashMap<String, Tensor>> {
@@ -370,7 +526,12 @@ impl RankState {
                                 "no weights of policy version {v} to compute log π_old"
                             ),
                         })?;
+                        // Frozen versions live on the learner's first device; their rows
+                        // move to this rank's (a no-op when it is the same).
                         logprob_rows(&RankModel::new(held, self.setup.pad_token_id), &seqs, mbs)?
+                            .into_iter()
+                            .map(|r| r.to_device(&self.setup.device))
+                            .collect::<candle_core::Result<Vec<_>>>()?
                     };
                     for (j, row) in pos.into_iter().zip(rows) {
                         old[first + j] = Some(row);
@@ -539,14 +700,14 @@ fn abort(group: &dyn Collective) {
 /// all-reduce in [`crate::update::train_step`]) to the start of the next collective or the end
 /// of the step, i.e. gradient clipping and the AdamW step.
 struct TimedCollective<'a> {
-    inner: &'a InProcessGroup,
+    inner: &'a RankGroup,
     collective_ns: AtomicU64,
     optimizer_ns: AtomicU64,
     optimizer_since: Mutex<Option<Instant>>,
 }
 
 impl<'a> TimedCollective<'a> {
-    fn new(inner: &'a InProcessGroup) -> Self {
+    fn new(inner: &'a RankGroup) -> Self {
         Self {
             inner,
             collective_ns: AtomicU64::new(0),

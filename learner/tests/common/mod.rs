@@ -168,4 +168,6 @@ pub const OPT: AdamWConfig = AdamWConfig {
     eps: 1e-8,
     weight_decay: 0.01,
     warmup_steps: 0,
+    decay_steps: 0,
+    min_lr: 0.0,
 };

@@ -75,6 +75,8 @@ pub fn opt(lr: f64, weight_decay: f64) -> AdamWConfig {
         eps: 1e-8,
         weight_decay,
         warmup_steps: 0,
+        decay_steps: 0,
+        min_lr: 0.0,
     }
 }
 
