@@ -79,7 +79,7 @@ fn groups(
                 image_size: cfg.data.image_size,
                 group_size: cfg.rollout.group_size as usize,
                 max_response_tokens: max_tokens,
-                temperature: 1.0,
+                temperature: cfg.rollout.temperature,
                 top_p: 1.0,
                 seed: 100 + cursor,
             };
@@ -417,6 +417,42 @@ fn bad_batches_are_refused_naming_the_prompt() {
     assert_eq!(out.policy_version, 1);
     // max_staleness = 0: a group of version 0 is now one version behind.
     refuse(&|_| {}, &["prompt_index 4", "more than max_staleness = 0"]);
+}
+
+#[test]
+fn log_probs_follow_the_rollout_temperature() {
+    // Responses sampled at temperature 0.6: the learner's log-probs are those of
+    // softmax(logits / 0.6), so they match what the engine reported.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = world(dir.path());
+    let mut cfg = config(&manifest, "dapo", "");
+    cfg.rollout.temperature = 0.6;
+    let learner = QwenLearner::new();
+    learner.start_experiment(&cfg).unwrap();
+    let batch = groups(&cfg, &engine(), &[0, 1], 16);
+    let out = learner.train_step(&request(0, batch.clone())).unwrap();
+    eprintln!("temperature 0.6: mismatch {:.3e}", out.logprob_mismatch);
+    assert!(out.logprob_mismatch < 1e-3, "{out:?}");
+    // Control: a learner told temperature 1 scores the same responses with the untempered
+    // distribution, and the mismatch shows it.
+    let mut untempered = config(&manifest, "dapo", "");
+    untempered.rollout.temperature = 1.0;
+    let learner = QwenLearner::new();
+    learner.start_experiment(&untempered).unwrap();
+    let out = learner.train_step(&request(0, batch)).unwrap();
+    eprintln!(
+        "scored at temperature 1: mismatch {:.3e}",
+        out.logprob_mismatch
+    );
+    assert!(out.logprob_mismatch > 1e-2, "{out:?}");
+    // Greedy rollouts have no distribution to compute ratios against.
+    let mut greedy = config(&manifest, "dapo", "");
+    greedy.rollout.temperature = 0.0;
+    let e = QwenLearner::new()
+        .start_experiment(&greedy)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rollout.temperature"), "{e}");
 }
 
 #[test]

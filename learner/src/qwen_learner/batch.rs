@@ -279,14 +279,18 @@ impl BatchRules<'_> {
 pub(crate) struct RankModel<'a> {
     pub policy: &'a QwenPolicy,
     pub pad_token_id: u32,
+    /// The rollout temperature: log-probs are those of `softmax(logits / temperature)`, the
+    /// distribution the workers sampled from, so ratios compare like with like.
+    pub temperature: f64,
     forward: std::cell::Cell<std::time::Duration>,
 }
 
 impl<'a> RankModel<'a> {
-    pub fn new(policy: &'a QwenPolicy, pad_token_id: u32) -> Self {
+    pub fn new(policy: &'a QwenPolicy, pad_token_id: u32, temperature: f64) -> Self {
         Self {
             policy,
             pad_token_id,
+            temperature,
             forward: std::cell::Cell::new(std::time::Duration::ZERO),
         }
     }
@@ -318,7 +322,7 @@ impl PolicyModel for RankModel<'_> {
         )
         .map_err(candle_core::Error::wrap)?;
         let out = policy
-            .response_logprobs(&batch, self.policy.freeze_vision())
+            .response_logprobs_at(&batch, self.policy.freeze_vision(), self.temperature)
             .map_err(candle_core::Error::wrap)?;
         self.forward.set(self.forward.get() + started.elapsed());
         Ok(ResponseLogprobs {

@@ -30,9 +30,9 @@
 //! versions older than the checkpoint are then refused. A directory holding checkpoints of
 //! another experiment is an error.
 //!
-//! Log-probs are those of the untempered policy (temperature 1, METHOD §4's default); with
-//! another `rollout.temperature` the rollout log-probs differ by design and the reported
-//! mismatch says so.
+//! Log-probs (old, current and GRPO reference) are those of the distribution the workers
+//! sampled from, `softmax(logits / rollout.temperature)`, so importance ratios and the reported
+//! train/rollout mismatch compare like with like at any temperature (METHOD §4's default is 1).
 
 mod batch;
 mod rank;
@@ -389,12 +389,15 @@ impl QwenLearner {
             context: format!("`data.manifest` = {}", cfg.data.manifest.display()),
             reason: e.to_string(),
         })?;
-        if cfg.rollout.temperature != 1.0 {
-            tracing::warn!(
-                temperature = cfg.rollout.temperature,
-                "the learner computes log-probs at temperature 1; rollout log-probs at another \
-                 temperature differ by design (see the logprob mismatch)"
-            );
+        if !(cfg.rollout.temperature.is_finite() && cfg.rollout.temperature > 0.0) {
+            return Err(Error::InvalidConfig {
+                key: "rollout.temperature",
+                reason: format!(
+                    "the learner needs the sampling distribution: a positive finite \
+                     temperature, found {}",
+                    cfg.rollout.temperature
+                ),
+            });
         }
         let store = cfg
             .learner
@@ -445,6 +448,7 @@ impl QwenLearner {
             device: self.device.clone(),
             freeze_vision: cfg.model.freeze_vision,
             pad_token_id,
+            temperature: cfg.rollout.temperature,
             adamw: AdamWConfig::from(&cfg.optim),
             update,
             reference,

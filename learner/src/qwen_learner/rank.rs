@@ -36,6 +36,8 @@ pub(crate) struct RankSetup {
     pub device: Device,
     pub freeze_vision: bool,
     pub pad_token_id: u32,
+    /// Rollout temperature the log-probs are computed at ([`RankModel::temperature`]).
+    pub temperature: f64,
     pub adamw: AdamWConfig,
     pub update: UpdateConfig,
     /// GRPO's frozen reference policy (shared by the ranks on its device: it is never written;
@@ -501,7 +503,7 @@ impl RankState {
     fn frozen(&self, order: &TrainOrder, share: &[usize], minis: usize) -> Result<FrozenLogprobs> {
         let batch = &order.batch;
         let mbs = self.setup.update.micro_batch_size.max(1);
-        let live = RankModel::new(&self.model, self.setup.pad_token_id);
+        let live = RankModel::new(&self.model, self.setup.pad_token_id, self.setup.temperature);
         let per_mini = share.len().div_ceil(minis).max(1);
         let mut old: Vec<Option<Tensor>> = vec![None; share.len()];
         let mut reference = Vec::with_capacity(share.len());
@@ -528,10 +530,14 @@ impl RankState {
                         })?;
                         // Frozen versions live on the learner's first device; their rows
                         // move to this rank's (a no-op when it is the same).
-                        logprob_rows(&RankModel::new(held, self.setup.pad_token_id), &seqs, mbs)?
-                            .into_iter()
-                            .map(|r| r.to_device(&self.setup.device))
-                            .collect::<candle_core::Result<Vec<_>>>()?
+                        logprob_rows(
+                            &RankModel::new(held, self.setup.pad_token_id, self.setup.temperature),
+                            &seqs,
+                            mbs,
+                        )?
+                        .into_iter()
+                        .map(|r| r.to_device(&self.setup.device))
+                        .collect::<candle_core::Result<Vec<_>>>()?
                     };
                     for (j, row) in pos.into_iter().zip(rows) {
                         old[first + j] = Some(row);
@@ -541,7 +547,7 @@ impl RankState {
                     let seqs: Vec<&SharedSequence> =
                         chunk.iter().map(|&i| &batch.items[i].sequence).collect();
                     reference.extend(logprob_rows(
-                        &RankModel::new(r, self.setup.pad_token_id),
+                        &RankModel::new(r, self.setup.pad_token_id, self.setup.temperature),
                         &seqs,
                         mbs,
                     )?);
@@ -592,7 +598,7 @@ impl RankState {
             }
         }
 
-        let model = RankModel::new(&self.model, self.setup.pad_token_id);
+        let model = RankModel::new(&self.model, self.setup.pad_token_id, self.setup.temperature);
         let collective = TimedCollective::new(&self.group);
         let skipped_before = self.skips.total();
         let started = Instant::now();

@@ -112,11 +112,34 @@ impl Policy {
         batch: &ResponseBatch,
         freeze_vision: bool,
     ) -> Result<TokenLogProbs> {
+        self.response_logprobs_at(batch, freeze_vision, 1.0)
+    }
+
+    /// [`Self::response_logprobs`] of the distribution sampled at `temperature`
+    /// (`softmax(logits / temperature)`, as the sampler draws from): the log-probs a rollout at
+    /// that temperature reports, and the entropy of that distribution. `temperature` must be a
+    /// positive finite number (greedy decoding has no distribution to match).
+    pub fn response_logprobs_at(
+        &self,
+        batch: &ResponseBatch,
+        freeze_vision: bool,
+        temperature: f64,
+    ) -> Result<TokenLogProbs> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::Config(format!(
+                "log-prob temperature must be a positive finite number, got {temperature}"
+            )));
+        }
         let hidden = self.forward_hidden(&batch.sequence, None, true, freeze_vision)?;
         let r = batch.response_ids.dim(1)?;
         // Position P-1+j predicts response token j.
         let h = hidden.narrow(1, batch.prompt_len - 1, r)?;
         let logits = self.head(&h)?.to_dtype(DType::F32)?;
+        let logits = if temperature == 1.0 {
+            logits
+        } else {
+            (logits / temperature)?
+        };
         let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let logp = lsm
             .gather(&batch.response_ids.unsqueeze(D::Minus1)?, D::Minus1)?

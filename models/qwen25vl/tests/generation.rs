@@ -215,3 +215,59 @@ fn a_response_holding_image_pad_scores_like_decoding() {
     let sampled = &out[0][0].logprobs;
     assert!(max_abs_diff(&logp[..2], &sampled[..2]) < 1e-4);
 }
+
+/// The training path at the sampling temperature gives back the log-probs the sampler reported
+/// at that temperature; at temperature 1 it does not; a non-positive temperature is an error.
+#[test]
+fn tempered_log_probs_match_sampling() {
+    use platter_qwen25vl::ResponseBatch;
+    let (policy, processor) = load_policy();
+    let prompts = prompts(&processor, &cases());
+    let params = SamplingParams {
+        temperature: 0.5,
+        top_p: 1.0,
+        top_k: 0,
+        max_new_tokens: 12,
+        stop_token_ids: vec![],
+        seed: 11,
+    };
+    let out = policy
+        .generate(
+            &[Group {
+                prompt: &prompts[0],
+                num_samples: 2,
+            }],
+            &params,
+            processor.pad_token_id,
+        )
+        .unwrap();
+    let responses: Vec<Vec<u32>> = out[0].iter().map(|s| s.tokens.clone()).collect();
+    let batch = ResponseBatch::new(
+        &[&prompts[0], &prompts[0]],
+        &responses,
+        processor.pad_token_id,
+        policy.cfg.text.max_position_embeddings,
+        policy.device(),
+    )
+    .unwrap();
+    let tempered = policy.response_logprobs_at(&batch, false, 0.5).unwrap();
+    let plain = policy.response_logprobs(&batch, false).unwrap();
+    let (tempered, plain) = (to_f32(&tempered.logp), to_f32(&plain.logp));
+    let r = tempered.len() / 2;
+    let mut far = 0.0f32;
+    for (row, sample) in out[0].iter().enumerate() {
+        let n = sample.logprobs.len();
+        let t = &tempered[row * r..row * r + n];
+        let p = &plain[row * r..row * r + n];
+        assert!(max_abs_diff(t, &sample.logprobs) < 1e-4, "row {row}");
+        far = far.max(max_abs_diff(p, &sample.logprobs));
+    }
+    assert!(far > 1e-2, "temperature 1 should differ: {far}");
+    for bad in [0.0, -1.0, f64::NAN] {
+        let e = policy
+            .response_logprobs_at(&batch, false, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("temperature"), "{e}");
+    }
+}
