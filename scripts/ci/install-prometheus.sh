@@ -17,7 +17,9 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
   chmod 755 /usr/sbin/policy-rc.d
   created_policy=1
 fi
-cleanup() { [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d; }
+# An `if`, not `[ … ] && rm`: the EXIT trap's last status becomes the script's, and a false
+# test would fail the install whenever policy-rc.d already existed.
+cleanup() { if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; }
 trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; then
