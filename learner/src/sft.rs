@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use platter_data::{BoxSegmenter, Split};
-use platter_qwen25vl::{Policy, PreparedPrompt, ResponseBatch};
+use platter_qwen25vl::{Policy, PreparedPrompt, Processor, ResponseBatch};
 use platter_rl::reward::RewardConfig;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -285,14 +285,20 @@ fn msg(context: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Mean negative log-likelihood of the response tokens of `batch` (token mean over the batch);
-/// differentiable with respect to the policy's variables. `pad_token_id` is the processor's.
+/// differentiable with respect to the policy's variables. The prompts are prepared here with
+/// `processor` ([`SftSample::prompt`]).
 pub fn sft_loss(
     policy: &Policy,
+    processor: &Processor,
     batch: &[&SftSample],
-    pad_token_id: u32,
     freeze_vision: bool,
 ) -> Result<Tensor> {
-    let prompts: Vec<&PreparedPrompt> = batch.iter().map(|s| &s.prompt).collect();
+    let pad_token_id = processor.pad_token_id;
+    let prepared = batch
+        .iter()
+        .map(|s| s.prompt(processor))
+        .collect::<Result<Vec<_>>>()?;
+    let prompts: Vec<&PreparedPrompt> = prepared.iter().collect();
     let responses: Vec<Vec<u32>> = batch.iter().map(|s| s.response_ids.clone()).collect();
     let rb = ResponseBatch::new(
         &prompts,
@@ -454,7 +460,7 @@ pub fn train(
             }
         }
         let step_start = Instant::now();
-        let loss = sft_loss(&policy, &batch, processor.pad_token_id, cfg.freeze_vision)?;
+        let loss = sft_loss(&policy, &processor, &batch, cfg.freeze_vision)?;
         let loss_v = f64::from(loss.to_scalar::<f32>()?);
         let grads = loss.backward()?;
         let mut g: Vec<Option<Tensor>> = opt_vars

@@ -104,7 +104,7 @@ fn a_few_steps_lower_the_loss_and_the_checkpoint_loads() {
     let samples =
         load_split(&manifest, platter_data::Split::Train, &processor, 224, 2).expect("split");
     let refs: Vec<_> = samples.iter().collect();
-    let after = sft_loss(&trained, &refs, processor.pad_token_id, false)
+    let after = sft_loss(&trained, &processor, &refs, false)
         .and_then(|l| Ok(f64::from(l.to_scalar::<f32>()?)))
         .expect("loss");
     assert!(

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use image::RgbImage;
 use platter_data::synth::knowledge::{FOODS, Food};
 use platter_data::{GtObject, ImageLimits, PolicySpace, Split, read_manifest};
 use platter_qwen25vl::{PreparedPrompt, Processor};
@@ -13,19 +14,43 @@ use super::msg;
 use crate::Result;
 use crate::eval::prepare_prompt;
 
-/// One prepared sample: the templated prompt, the GT-built response and its ground truth.
+/// One training sample: the question and its picture, the GT-built response and its ground
+/// truth. The policy input ([`SftSample::prompt`]) is built when a batch needs it, so a split
+/// costs its decoded pictures in memory (about 0.2 MB each at 320 × 240), not the prepared
+/// pixel patches (about 1.2 MB each at 224 px).
 #[derive(Debug, Clone)]
 pub struct SftSample {
     /// Manifest sample id.
     pub id: String,
-    /// The METHOD §1 prompt with the image, prepared for the policy.
-    pub prompt: PreparedPrompt,
+    /// Position of the sample in its split (the prompt's index).
+    pub index: usize,
+    /// The question.
+    pub question: String,
+    /// The picture as stored (resized to the policy input when the prompt is built).
+    pub image: RgbImage,
+    /// Side of the square policy input.
+    pub image_size: u32,
     /// The target response text (without the stop token).
     pub response: String,
     /// Response token ids, ending in `<|im_end|>`.
     pub response_ids: Vec<u32>,
     /// GT objects in policy space.
     pub ground_truth: Vec<GroundTruthObject>,
+}
+
+impl SftSample {
+    /// The METHOD §1 prompt with the image, prepared for the policy (the same as
+    /// [`prepare_prompt`] gives evaluation and rollouts).
+    pub fn prompt(&self, processor: &Processor) -> Result<PreparedPrompt> {
+        prepare_prompt(
+            processor,
+            self.index,
+            &self.question,
+            &self.image,
+            self.image_size,
+        )
+        .map_err(|e| msg(&format!("sample {}", self.id), e))
+    }
 }
 
 fn food_by_name(name: &str) -> Option<&'static Food> {
@@ -147,14 +172,6 @@ pub fn load_split(
             .map_err(|e| msg(&manifest.display().to_string(), e))?;
         let objects = loaded.objects(&space);
         let response = target_response(&rec.question, &rec.target_names, &objects);
-        let prompt = prepare_prompt(
-            processor,
-            out.len(),
-            &rec.question,
-            &loaded.image,
-            image_size,
-        )
-        .map_err(|e| msg(&format!("sample {}", rec.id), e))?;
         let mut response_ids = processor
             .encode(&response)
             .map_err(|e| msg(&format!("sample {}", rec.id), e))?;
@@ -166,13 +183,19 @@ pub fn load_split(
                 point_2d: o.point_2d,
             })
             .collect();
-        out.push(SftSample {
+        let sample = SftSample {
             id: rec.id,
-            prompt,
+            index: out.len(),
+            question: rec.question,
+            image: loaded.image,
+            image_size,
             response,
             response_ids,
             ground_truth,
-        });
+        };
+        // Built once here so that a bad sample fails the load, naming it, rather than a step.
+        sample.prompt(processor)?;
+        out.push(sample);
     }
     Ok(out)
 }
