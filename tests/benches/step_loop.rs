@@ -35,22 +35,14 @@ fn main() {
         })
         .await;
         let toml = cluster.experiment_toml(STEPS, PROMPTS_PER_STEP, 10.0, "");
-        let rows = step_report::measure(
-            &cluster,
+        let report = step_report::measure_report(
+            cluster,
             &toml,
             WORKERS * GROUPS_PER_WORKER,
             PROMPTS_PER_STEP,
+            Duration::from_secs(5),
         )
-        .await
-        .unwrap();
-        println!("{}", step_report::table(&rows));
-        let (workers, coordinator) = cluster
-            .settled_cancelled_tokens(Duration::from_secs(5))
-            .await;
-        println!("{}", step_report::totals(&rows, coordinator));
-        println!(
-            "cancelled tokens over the run: {workers} counted by the workers, {coordinator} reported to the coordinator"
-        );
-        cluster.shutdown().await;
+        .await;
+        println!("{report}");
     });
 }

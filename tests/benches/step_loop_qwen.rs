@@ -78,22 +78,14 @@ fn main() {
             cluster.manifest.display(),
             policy.display()
         );
-        let rows = step_report::measure(
-            &cluster,
+        let report = step_report::measure_report(
+            cluster,
             &toml,
             WORKERS * GROUPS_PER_WORKER,
             PROMPTS_PER_STEP,
+            Duration::from_secs(10),
         )
-        .await
-        .unwrap();
-        println!("{}", step_report::table(&rows));
-        let (workers, coordinator) = cluster
-            .settled_cancelled_tokens(Duration::from_secs(10))
-            .await;
-        println!("{}", step_report::totals(&rows, coordinator));
-        println!(
-            "cancelled tokens over the run: {workers} counted by the workers, {coordinator} reported to the coordinator"
-        );
-        cluster.shutdown().await;
+        .await;
+        println!("{report}");
     });
 }

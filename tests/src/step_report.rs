@@ -233,6 +233,27 @@ pub fn totals(rows: &[StepRow], reported_cancelled: f64) -> String {
     )
 }
 
+/// Runs `toml` on `cluster` with [`measure`] and shuts the cluster down, returning the per-step
+/// table and the run totals (waiting up to `settle` for late cancelled-token reports) for the
+/// caller to print: the whole of a step-loop benchmark after its setup.
+pub async fn measure_report(
+    cluster: crate::Cluster,
+    toml: &str,
+    slots: usize,
+    per_step: usize,
+    settle: std::time::Duration,
+) -> String {
+    let rows = measure(&cluster, toml, slots, per_step).await.unwrap();
+    let (workers, coordinator) = cluster.settled_cancelled_tokens(settle).await;
+    cluster.shutdown().await;
+    format!(
+        "{}\n{}\ncancelled tokens over the run: {workers} counted by the workers, {coordinator} \
+         reported to the coordinator",
+        table(&rows),
+        totals(&rows, coordinator)
+    )
+}
+
 /// Submits `toml` to `cluster` and returns a row per step as the summaries arrive
 /// (`slots` = workers × groups per worker; `per_step` = the experiment's prompts per step).
 pub async fn measure(
