@@ -9,7 +9,7 @@ use image::RgbImage;
 use platter_coordinator::dataset::PromptSource;
 use platter_data::ImageLimits;
 use platter_proto::v1;
-use platter_qwen25vl::{PreparedPrompt, Processor, ResponseBatch};
+use platter_qwen25vl::{GroupedResponseBatch, PreparedPrompt, Processor};
 use platter_rl::group_advantages;
 use platter_rl::prompt::SYSTEM_MESSAGE;
 
@@ -311,10 +311,26 @@ impl PolicyModel for RankModel<'_> {
     ) -> candle_core::Result<ResponseLogprobs> {
         let started = std::time::Instant::now();
         let policy = self.policy.policy();
-        let prompts: Vec<&PreparedPrompt> = seqs.iter().map(|s| s.prompt.as_ref()).collect();
+        // Responses of one group hold the same `Arc` prompt: run each distinct prompt once.
+        let mut prompts: Vec<&PreparedPrompt> = Vec::new();
+        let mut rows = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            let row = match prompts
+                .iter()
+                .position(|p| std::ptr::eq(*p, s.prompt.as_ref()))
+            {
+                Some(row) => row,
+                None => {
+                    prompts.push(s.prompt.as_ref());
+                    prompts.len() - 1
+                }
+            };
+            rows.push(row);
+        }
         let responses: Vec<Vec<u32>> = seqs.iter().map(|s| s.response.clone()).collect();
-        let batch = ResponseBatch::new(
+        let batch = GroupedResponseBatch::new(
             &prompts,
+            &rows,
             &responses,
             self.pad_token_id,
             policy.cfg.text.max_position_embeddings,
@@ -322,7 +338,7 @@ impl PolicyModel for RankModel<'_> {
         )
         .map_err(candle_core::Error::wrap)?;
         let out = policy
-            .response_logprobs_at(&batch, self.policy.freeze_vision(), self.temperature)
+            .grouped_response_logprobs_at(&batch, self.policy.freeze_vision(), self.temperature)
             .map_err(candle_core::Error::wrap)?;
         self.forward.set(self.forward.get() + started.elapsed());
         Ok(ResponseLogprobs {

@@ -41,5 +41,5 @@ pub use loader::{checkpoint_files, expected_tensors, load_checked};
 pub use model::{CounterSnapshot, Policy, PolicyVars};
 pub use processor::{DEFAULT_SYSTEM_PROMPT, PreparedPrompt, Processor, PromptBatch};
 pub use text::{KvCache, mrope_tables};
-pub use train::{ResponseBatch, TokenLogProbs};
+pub use train::{GroupedResponseBatch, ResponseBatch, TokenLogProbs};
 pub use vision::{VisionModel, WindowLayout, tokens_per_image};
