@@ -74,9 +74,9 @@ pub struct PlanArgs {
     #[arg(long, value_enum, default_value_t = Dtype::Bf16)]
     dtype: Dtype,
     /// AdamW state sharding across learner ranks (`zero1`: each rank keeps 1/R of it). The
-    /// default is what the learner does today.
-    #[arg(long, value_enum, default_value_t = Sharding::None)]
-    optimizer_sharding: Sharding,
+    /// default is the config's `learner.shard_optimizer`.
+    #[arg(long, value_enum)]
+    optimizer_sharding: Option<Sharding>,
     /// Activation checkpointing on the learner (recompute each layer in backward). The
     /// default is what the learner does today.
     #[arg(long, value_enum, default_value_t = Switch::Off)]
@@ -192,7 +192,10 @@ fn build_plan(args: &PlanArgs) -> anyhow::Result<Plan> {
     let w = args.dtype.bytes();
     let options = LearnerOptions {
         w,
-        zero1: args.optimizer_sharding == Sharding::Zero1,
+        zero1: match args.optimizer_sharding {
+            Some(s) => s == Sharding::Zero1,
+            None => exp.learner.shard_optimizer,
+        },
         checkpointing: args.activation_checkpointing == Switch::On,
         freeze_vision: exp.model.freeze_vision,
     };
@@ -314,7 +317,11 @@ fn build_plan(args: &PlanArgs) -> anyhow::Result<Plan> {
         model,
         params,
         dtype: args.dtype,
-        optimizer_sharding: args.optimizer_sharding,
+        optimizer_sharding: if options.zero1 {
+            Sharding::Zero1
+        } else {
+            Sharding::None
+        },
         activation_checkpointing: args.activation_checkpointing,
         freeze_vision: exp.model.freeze_vision,
         workload: load,

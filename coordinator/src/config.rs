@@ -203,6 +203,10 @@ pub struct LearnerConfig {
     pub checkpoint_every: u64,
     /// Checkpoints kept (the oldest are deleted).
     pub keep_checkpoints: u32,
+    /// ZeRO-1: each rank keeps the AdamW state of 1/ranks of the parameters (gradients are
+    /// reduce-scattered, each rank updates its chunk, weights are all-gathered), so a model
+    /// whose optimizer state does not fit one GPU fits several.
+    pub shard_optimizer: bool,
 }
 
 impl Default for LearnerConfig {
@@ -216,6 +220,7 @@ impl Default for LearnerConfig {
             checkpoint_dir: None,
             checkpoint_every: 0,
             keep_checkpoints: 3,
+            shard_optimizer: false,
         }
     }
 }

@@ -99,7 +99,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         policy_version: steps,
         extra: serde_json::json!({ "written_by": "learner/examples/write_checkpoint.rs" }),
     };
-    let dir = model.save_checkpoint(&store, model_dir, &adam, &state)?;
+    let dir = model.save_checkpoint(&store, model_dir, &adam.state()?.0, &state)?;
 
     let refs: Vec<_> = items.iter().map(|i| &i.sequence.prompt).collect();
     let batch = PromptBatch::new(&refs, processor.pad_token_id, &device)?;

@@ -46,6 +46,38 @@ pub trait Collective: Send + Sync {
     fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
         reduce_tensor_through_host(self, t)
     }
+    /// ZeRO-1's gradient step: sums `t` (`world_size() × chunk` elements, read flat) across
+    /// ranks and returns this rank's `chunk` of the sum, 1-D f32 on `t`'s device. Like
+    /// [`Collective::all_reduce_sum_tensor`], a device collective may reduce in `t`'s storage.
+    /// The default all-reduces and keeps the chunk.
+    fn reduce_scatter_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        let chunk = equal_chunk(self.world_size(), t.elem_count(), "reduce_scatter_sum")?;
+        let sum = self.all_reduce_sum_tensor(&t.flatten_all()?)?;
+        Ok(sum.narrow(0, self.rank() * chunk, chunk)?.contiguous()?)
+    }
+    /// ZeRO-1's parameter step: every rank's `t` (1-D f32, equal lengths) concatenated in rank
+    /// order, on `t`'s device. The default sums zero-padded copies, which is exact.
+    fn all_gather_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        let t = t.flatten_all()?.to_dtype(DType::F32)?;
+        let (world, rank, n) = (self.world_size(), self.rank(), t.elem_count());
+        if world == 1 {
+            return Ok(t);
+        }
+        let zeros = |k: usize| Tensor::zeros(k * n, DType::F32, t.device());
+        let placed = Tensor::cat(&[&zeros(rank)?, &t, &zeros(world - rank - 1)?], 0)?;
+        self.all_reduce_sum_tensor(&placed)
+    }
+}
+
+/// The per-rank chunk of a buffer of `len` elements split evenly over `world` ranks.
+pub(crate) fn equal_chunk(world: usize, len: usize, op: &str) -> Result<usize> {
+    if world == 0 || !len.is_multiple_of(world) {
+        return Err(Error::Data {
+            context: op.to_string(),
+            reason: format!("{len} elements do not split evenly over {world} ranks"),
+        });
+    }
+    Ok(len / world)
 }
 
 /// [`Collective::all_reduce_sum_tensor`] through a host buffer and

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::collective::Collective;
 use crate::{Error, Result};
 
 /// Optimizer settings (METHOD §4 defaults).
@@ -105,7 +106,13 @@ struct StepConstants {
 
 impl StepConstants {
     /// One pass over host buffers (CPU): ~10x fewer passes and allocations than tensor ops.
-    fn fused_cpu(&self, p: &mut Param, w: &Tensor, g: Option<&Tensor>) -> Result<Tensor> {
+    fn fused_cpu(
+        &self,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        w: &Tensor,
+        g: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let shape = w.shape().clone();
         let mut wv = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let decay = self.decay as f32;
@@ -114,8 +121,8 @@ impl StepConstants {
             return Ok(Tensor::from_vec(wv, shape, w.device())?);
         };
         let gv = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut mv = p.m.flatten_all()?.to_vec1::<f32>()?;
-        let mut vv = p.v.flatten_all()?.to_vec1::<f32>()?;
+        let mut mv = m.flatten_all()?.to_vec1::<f32>()?;
+        let mut vv = v.flatten_all()?.to_vec1::<f32>()?;
         let (b1, b2) = (self.b1 as f32, self.b2 as f32);
         let (c1, c2) = ((1.0 - self.b1) as f32, (1.0 - self.b2) as f32);
         let step = (self.lr / self.bc1) as f32;
@@ -127,30 +134,66 @@ impl StepConstants {
             *v = b2 * *v + c2 * g * g;
             *w -= step * *m / (v.sqrt() / bc2_sqrt + eps);
         }
-        p.m = Tensor::from_vec(mv, shape.clone(), w.device())?;
-        p.v = Tensor::from_vec(vv, shape.clone(), w.device())?;
+        *m = Tensor::from_vec(mv, shape.clone(), w.device())?;
+        *v = Tensor::from_vec(vv, shape.clone(), w.device())?;
         Ok(Tensor::from_vec(wv, shape, w.device())?)
     }
 
     /// The same update as tensor operations (GPU: stays on the device).
-    fn tensor_ops(&self, p: &mut Param, w: Tensor, g: Option<&Tensor>) -> Result<Tensor> {
+    fn tensor_ops(
+        &self,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        w: Tensor,
+        g: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let mut w = (w * self.decay)?;
         if let Some(g) = g {
             let g = g.to_dtype(DType::F32)?.detach();
-            p.m = ((&p.m * self.b1)? + (&g * (1.0 - self.b1))?)?;
-            p.v = ((&p.v * self.b2)? + (g.sqr()? * (1.0 - self.b2))?)?;
-            let denom = ((p.v.sqrt()? / self.bc2_sqrt)? + self.eps)?;
-            w = (w - ((&p.m / denom)? * (self.lr / self.bc1))?)?;
+            *m = ((&*m * self.b1)? + (&g * (1.0 - self.b1))?)?;
+            *v = ((&*v * self.b2)? + (g.sqr()? * (1.0 - self.b2))?)?;
+            let denom = ((v.sqrt()? / self.bc2_sqrt)? + self.eps)?;
+            w = (w - ((&*m / denom)? * (self.lr / self.bc1))?)?;
         }
         Ok(w)
     }
+
+    /// The update of one weight tensor `w` (f32) with its moments, on whichever device.
+    fn apply(
+        &self,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        w: Tensor,
+        g: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if w.device().is_cpu() {
+            self.fused_cpu(m, v, &w, g)
+        } else {
+            self.tensor_ops(m, v, w, g)
+        }
+    }
 }
 
-/// AdamW over named parameters.
+/// ZeRO-1 optimizer-state sharding: the parameters, flattened in order and zero-padded to
+/// `world × chunk` elements, are split into `world` equal chunks, and rank `r` keeps the f32
+/// weights and the moments of chunk `r` only (1/world of the optimizer memory).
+struct Shard {
+    rank: usize,
+    world: usize,
+    chunk: usize,
+    /// f32 weights of this rank's chunk: the master copy the update writes.
+    master: Tensor,
+    m: Tensor,
+    v: Tensor,
+}
+
+/// AdamW over named parameters, optionally with its state sharded across data-parallel ranks
+/// ([`AdamW::sharded`]).
 pub struct AdamW {
     cfg: AdamWConfig,
     step: u64,
     params: Vec<Param>,
+    shard: Option<Shard>,
 }
 
 impl std::fmt::Debug for AdamW {
@@ -189,7 +232,116 @@ impl AdamW {
             cfg,
             step: 0,
             params,
+            shard: None,
         })
+    }
+
+    /// ZeRO-1: rank `rank` of `world` keeps f32 weights and moments for its chunk of the
+    /// flattened parameters only. Updates go through [`Self::step_sharded`] with this rank's
+    /// chunk of the summed gradients; every rank ends the update with all the weights.
+    pub fn sharded(
+        named: Vec<(String, Var)>,
+        cfg: AdamWConfig,
+        rank: usize,
+        world: usize,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if rank >= world {
+            return Err(Error::BadRank { rank, world });
+        }
+        let params = named
+            .into_iter()
+            .map(|(name, var)| {
+                let empty = Tensor::zeros(0, DType::F32, var.device())?;
+                Ok(Param {
+                    name,
+                    m: empty.clone(),
+                    v: empty,
+                    var,
+                    master: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let total: usize = params.iter().map(|p| p.var.elem_count()).sum();
+        let chunk = total.div_ceil(world).max(1);
+        let mut opt = Self {
+            cfg,
+            step: 0,
+            params,
+            shard: None,
+        };
+        let master = opt.own_chunk(&opt.flat_weights()?, rank, chunk)?;
+        let zeros = Tensor::zeros(chunk, DType::F32, master.device())?;
+        opt.shard = Some(Shard {
+            rank,
+            world,
+            chunk,
+            master,
+            m: zeros.clone(),
+            v: zeros,
+        });
+        Ok(opt)
+    }
+
+    /// Whether the state is sharded ([`Self::sharded`]).
+    pub fn is_sharded(&self) -> bool {
+        self.shard.is_some()
+    }
+
+    /// With sharding: the length of the flat gradient buffer a step reduce-scatters
+    /// (`world × chunk`: every parameter's gradient flattened in order, then zeros).
+    pub fn shard_buffer_len(&self) -> Option<usize> {
+        self.shard.as_ref().map(|s| s.world * s.chunk)
+    }
+
+    fn device(&self) -> candle_core::Device {
+        self.params
+            .first()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(candle_core::Device::Cpu)
+    }
+
+    /// Every parameter flattened in order, as f32.
+    fn flat_weights(&self) -> Result<Tensor> {
+        self.flat_of(|p| Ok(p.var.as_tensor().detach()))
+    }
+
+    /// `f(param)` for every parameter, flattened in order into one f32 vector.
+    fn flat_of(&self, f: impl Fn(&Param) -> Result<Tensor>) -> Result<Tensor> {
+        let parts = self
+            .params
+            .iter()
+            .map(|p| Ok(f(p)?.to_dtype(DType::F32)?.flatten_all()?))
+            .collect::<Result<Vec<_>>>()?;
+        if parts.is_empty() {
+            return Ok(Tensor::zeros(0, DType::F32, &self.device())?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Chunk `rank` (of `chunk` elements) of `flat`, zero-padded past its end.
+    fn own_chunk(&self, flat: &Tensor, rank: usize, chunk: usize) -> Result<Tensor> {
+        let total = flat.elem_count();
+        let start = (rank * chunk).min(total);
+        let take = (total - start).min(chunk);
+        let mut parts = vec![flat.narrow(0, start, take)?];
+        if take < chunk {
+            parts.push(Tensor::zeros(chunk - take, DType::F32, flat.device())?);
+        }
+        Ok(Tensor::cat(&parts, 0)?.contiguous()?)
+    }
+
+    /// Splits a flat vector (at least as long as all parameters) into per-parameter tensors of
+    /// their shapes, f32.
+    fn split_flat(&self, flat: &Tensor) -> Result<Vec<Tensor>> {
+        let mut off = 0;
+        let mut out = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let n = p.var.elem_count();
+            out.push(flat.narrow(0, off, n)?.reshape(p.var.shape())?);
+            off += n;
+        }
+        Ok(out)
     }
 
     /// Updates taken so far.
@@ -237,32 +389,19 @@ impl AdamW {
                 ),
             });
         }
-        let lr = self.current_lr();
-        self.step += 1;
-        let t = self.step as i32;
-        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
-        let decay = 1.0 - lr * self.cfg.weight_decay;
-        let k = StepConstants {
-            lr,
-            decay,
-            b1,
-            b2,
-            bc1,
-            bc2_sqrt,
-            eps: self.cfg.eps,
-        };
+        if self.shard.is_some() {
+            return Err(Error::InvalidConfig {
+                key: "optimizer",
+                reason: "a sharded AdamW updates through step_sharded".into(),
+            });
+        }
+        let k = self.next_constants();
         for (p, g) in self.params.iter_mut().zip(grads) {
             let w = match &p.master {
                 Some(m) => m.clone(),
                 None => p.var.as_tensor().detach(),
             };
-            let w = if w.device().is_cpu() {
-                k.fused_cpu(p, &w, g.as_ref())?
-            } else {
-                k.tensor_ops(p, w, g.as_ref())?
-            };
+            let w = k.apply(&mut p.m, &mut p.v, w, g.as_ref())?;
             match &mut p.master {
                 Some(m) => {
                     p.var.set(&w.to_dtype(p.var.dtype())?)?;
@@ -274,9 +413,101 @@ impl AdamW {
         Ok(())
     }
 
-    /// Optimizer state for a checkpoint: `m.{name}`, `v.{name}` (and `master.{name}`), plus the
-    /// step count.
-    pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
+    /// Counts the update and returns its constants.
+    fn next_constants(&mut self) -> StepConstants {
+        let lr = self.current_lr();
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        StepConstants {
+            lr,
+            decay: 1.0 - lr * self.cfg.weight_decay,
+            b1,
+            b2,
+            bc1: 1.0 - b1.powi(t),
+            bc2_sqrt: (1.0 - b2.powi(t)).sqrt(),
+            eps: self.cfg.eps,
+        }
+    }
+
+    /// One sharded update: `grad_chunk` is this rank's chunk of the summed (and clipped)
+    /// flat gradient, as [`Collective::reduce_scatter_sum_tensor`] returns it. Updates this
+    /// rank's weights and moments, then all-gathers the weights into every parameter. Every
+    /// rank must call it (it is a collective).
+    pub fn step_sharded(&mut self, grad_chunk: &Tensor, collective: &dyn Collective) -> Result<()> {
+        let Some(chunk) = self.shard.as_ref().map(|s| s.chunk) else {
+            return Err(Error::InvalidConfig {
+                key: "optimizer",
+                reason: "step_sharded needs an AdamW built with AdamW::sharded".into(),
+            });
+        };
+        if grad_chunk.elem_count() != chunk {
+            return Err(Error::InvalidConfig {
+                key: "grads",
+                reason: format!(
+                    "a gradient chunk of {} elements for a shard of {chunk}",
+                    grad_chunk.elem_count()
+                ),
+            });
+        }
+        let k = self.next_constants();
+        let Some(shard) = self.shard.as_mut() else {
+            unreachable!("checked above");
+        };
+        // Padding past the last parameter has zero weight and gradient, so it stays zero.
+        shard.master = k.apply(
+            &mut shard.m,
+            &mut shard.v,
+            shard.master.clone(),
+            Some(&grad_chunk.flatten_all()?),
+        )?;
+        let full = collective.all_gather_tensor(&shard.master)?;
+        for (p, w) in self.params.iter().zip(self.split_flat(&full)?) {
+            p.var.set(&w.to_dtype(p.var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// Optimizer state for a checkpoint, gathered from every rank when sharded (then every
+    /// rank must call it); see [`Self::state`] for the keys.
+    pub fn full_state(
+        &self,
+        collective: &dyn Collective,
+    ) -> Result<(HashMap<String, Tensor>, u64)> {
+        let Some(shard) = &self.shard else {
+            return self.state();
+        };
+        let m = collective.all_gather_tensor(&shard.m)?;
+        let v = collective.all_gather_tensor(&shard.v)?;
+        let master = collective.all_gather_tensor(&shard.master)?;
+        let mut out = HashMap::new();
+        let split = |t: &Tensor| self.split_flat(t);
+        for (((p, m), v), w) in self
+            .params
+            .iter()
+            .zip(split(&m)?)
+            .zip(split(&v)?)
+            .zip(split(&master)?)
+        {
+            out.insert(format!("m.{}", p.name), m);
+            out.insert(format!("v.{}", p.name), v);
+            if p.var.dtype() != DType::F32 {
+                out.insert(format!("master.{}", p.name), w);
+            }
+        }
+        Ok((out, self.step))
+    }
+
+    /// Optimizer state for a checkpoint: `m.{name}`, `v.{name}` (and `master.{name}` for
+    /// non-f32 weights), plus the step count. A sharded optimizer holds only its chunk: use
+    /// [`Self::full_state`].
+    pub fn state(&self) -> Result<(HashMap<String, Tensor>, u64)> {
+        if self.shard.is_some() {
+            return Err(Error::InvalidConfig {
+                key: "optimizer",
+                reason: "a sharded AdamW's state is gathered with full_state".into(),
+            });
+        }
         let mut out = HashMap::new();
         for p in &self.params {
             out.insert(format!("m.{}", p.name), p.m.clone());
@@ -285,7 +516,7 @@ impl AdamW {
                 out.insert(format!("master.{}", p.name), m.clone());
             }
         }
-        (out, self.step)
+        Ok((out, self.step))
     }
 
     /// Restores state written by [`Self::state`]; every tensor must be present with the right shape.
@@ -309,6 +540,28 @@ impl AdamW {
                 key: "optimizer state",
                 reason: problems.join("; "),
             });
+        }
+        if let Some((rank, chunk)) = self.shard.as_ref().map(|s| (s.rank, s.chunk)) {
+            let dev = self.device();
+            let get = |key: String| -> Result<Tensor> {
+                Ok(tensors[&key].to_dtype(DType::F32)?.to_device(&dev)?)
+            };
+            let m = self.flat_of(|p| get(format!("m.{}", p.name)))?;
+            let v = self.flat_of(|p| get(format!("v.{}", p.name)))?;
+            let master = self.flat_of(|p| match tensors.get(&format!("master.{}", p.name)) {
+                Some(w) if p.var.dtype() != DType::F32 => Ok(w.to_device(&dev)?),
+                _ => Ok(p.var.as_tensor().detach()),
+            })?;
+            let (m, v, master) = (
+                self.own_chunk(&m, rank, chunk)?,
+                self.own_chunk(&v, rank, chunk)?,
+                self.own_chunk(&master, rank, chunk)?,
+            );
+            if let Some(shard) = self.shard.as_mut() {
+                (shard.m, shard.v, shard.master) = (m, v, master);
+            }
+            self.step = step;
+            return Ok(());
         }
         for p in &mut self.params {
             let dev = p.var.device().clone();
@@ -359,6 +612,109 @@ mod tests {
         opt.step(&[Some(g)]).unwrap();
         assert!((w.to_vec1::<f32>().unwrap()[0] - 0.798101).abs() < 1e-6);
         assert_eq!(opt.step_count(), 2);
+    }
+
+    /// Three parameters of 5, 3 and 4 elements (12, padded to 3 × 4 on 3 ranks, to 2 × 6 on
+    /// 2): sharded AdamW on each rank gives exactly the unsharded update, and the gathered
+    /// state equals the unsharded state, for world sizes 1, 2 and 3.
+    #[test]
+    fn sharded_matches_unsharded() {
+        use crate::collective::InProcessGroup;
+        const SHAPES: [&[usize]; 3] = [&[5], &[3], &[2, 2]];
+        let init = |k: usize| -> Vec<(String, Var)> {
+            SHAPES
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let n: usize = s.iter().product();
+                    let v: Vec<f32> = (0..n).map(|j| (i * 7 + j + k) as f32 * 0.1 - 0.5).collect();
+                    let t = Tensor::from_vec(v, *s, &Device::Cpu).unwrap();
+                    (format!("p{i}"), Var::from_tensor(&t).unwrap())
+                })
+                .collect()
+        };
+        let grads = |step: usize| -> Vec<f32> {
+            (0..12)
+                .map(|j| ((j * 5 + step * 3) % 11) as f32 * 0.03 - 0.15)
+                .collect()
+        };
+        let cfg = AdamWConfig {
+            lr: 0.05,
+            ..Default::default()
+        };
+        let reference = init(0);
+        let mut opt = AdamW::new(reference.clone(), cfg.clone()).unwrap();
+        for step in 0..3 {
+            let g = grads(step);
+            let mut off = 0;
+            let per: Vec<Option<Tensor>> = reference
+                .iter()
+                .map(|(_, v)| {
+                    let n = v.elem_count();
+                    let t = Tensor::from_vec(g[off..off + n].to_vec(), v.shape(), &Device::Cpu);
+                    off += n;
+                    Some(t.unwrap())
+                })
+                .collect();
+            opt.step(&per).unwrap();
+        }
+        let want_w: Vec<Vec<f32>> = reference
+            .iter()
+            .map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        let (want_state, _) = opt.state().unwrap();
+        for world in 1..=3usize {
+            let groups = InProcessGroup::new(world, std::time::Duration::from_secs(30));
+            let handles: Vec<_> = groups
+                .into_iter()
+                .map(|group| {
+                    let cfg = cfg.clone();
+                    std::thread::spawn(move || {
+                        let vars = init(0);
+                        let rank = group.rank();
+                        let mut opt = AdamW::sharded(vars.clone(), cfg, rank, world).unwrap();
+                        let len = opt.shard_buffer_len().unwrap();
+                        for step in 0..3 {
+                            // Every rank holds the full gradient; the reduce-scatter sums
+                            // `world` copies, so each rank passes 1/world of it.
+                            let mut g: Vec<f32> =
+                                grads(step).iter().map(|x| x / world as f32).collect();
+                            g.resize(len, 0.0);
+                            let flat = Tensor::from_vec(g, len, &Device::Cpu).unwrap();
+                            let chunk = group.reduce_scatter_sum_tensor(&flat).unwrap();
+                            opt.step_sharded(&chunk, &group).unwrap();
+                        }
+                        let (state, step) = opt.full_state(&group).unwrap();
+                        assert!(opt.state().is_err(), "a shard alone is not a checkpoint");
+                        let w: Vec<Vec<f32>> = vars
+                            .iter()
+                            .map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap())
+                            .collect();
+                        (w, state, step)
+                    })
+                })
+                .collect();
+            for h in handles {
+                let (w, state, step) = h.join().unwrap();
+                assert_eq!(step, 3);
+                for (got, want) in w.iter().zip(&want_w) {
+                    for (a, b) in got.iter().zip(want) {
+                        assert!(
+                            (a - b).abs() <= 1e-6,
+                            "world {world}: weights {got:?} vs {want:?}"
+                        );
+                    }
+                }
+                assert_eq!(state.len(), want_state.len());
+                for (k, t) in &want_state {
+                    let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                    let b: Vec<f32> = state[k].flatten_all().unwrap().to_vec1().unwrap();
+                    for (x, y) in a.iter().zip(&b) {
+                        assert!((x - y).abs() <= 1e-6, "world {world}: {k}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

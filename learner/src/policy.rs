@@ -25,7 +25,6 @@ use candle_core::{DType, Device, Tensor, Var};
 use platter_qwen25vl::{Policy, PolicyVars, PreparedPrompt, ResponseBatch};
 
 use crate::checkpoint::{CheckpointState, CheckpointStore};
-use crate::optim::AdamW;
 use crate::update::{PolicyModel, ResponseLogprobs};
 use crate::{Error, Result};
 
@@ -140,7 +139,7 @@ impl QwenPolicy {
         &self,
         store: &CheckpointStore,
         model_dir: &Path,
-        opt: &AdamW,
+        optimizer: &HashMap<String, Tensor>,
         state: &CheckpointState,
     ) -> Result<PathBuf> {
         if self.vars.vars.is_empty() {
@@ -156,8 +155,7 @@ impl QwenPolicy {
             .iter()
             .map(|(n, b)| (n.as_str(), b.as_slice()))
             .collect();
-        let (optimizer, _) = opt.state();
-        store.save(&self.weights(), &optimizer, state, &extra)
+        store.save(&self.weights(), optimizer, state, &extra)
     }
 }
 

@@ -345,18 +345,23 @@ pub fn save_model_dir(
     Ok(())
 }
 
+/// After an evaluation: keeps the weights when they are the best so far and writes both
+/// directories, so that a long run can be inspected, or stopped, without losing its best.
 fn keep_best(
     best: &mut (usize, f64, HashMap<String, Tensor>),
     evals: &[(usize, EvalSummary)],
     vars: &[(String, Var)],
     select_by: SelectBy,
+    paths: &SftPaths,
 ) -> Result<()> {
+    let current = snapshot(vars)?;
     if let Some((step, e)) = evals.last()
         && select_by.score(e) > best.1
     {
-        *best = (*step, select_by.score(e), snapshot(vars)?);
+        *best = (*step, select_by.score(e), current.clone());
+        save_model_dir(&best.2, &paths.base_model, &paths.out_dir.join("best"))?;
     }
-    Ok(())
+    save_model_dir(&current, &paths.base_model, &paths.out_dir.join("model"))
 }
 
 fn push_eval(
@@ -374,8 +379,8 @@ fn push_eval(
 
 /// Runs SFT: loads `paths.base_model` and the manifest's train/val splits, trains
 /// `cfg.steps` updates, evaluates before, every `cfg.eval_every` steps and after, and writes
-/// `out_dir/model/` (last weights), `out_dir/best/` (weights of the evaluation with the highest
-/// mean total reward) and `out_dir/report.json`. `on_event` sees every step and evaluation.
+/// `out_dir/model/` (the weights at the latest evaluation), `out_dir/best/` (the weights of the
+/// best evaluation by `select_by`; both rewritten as the run goes) and `out_dir/report.json`. `on_event` sees every step and evaluation.
 pub fn train(
     cfg: &SftConfig,
     paths: &SftPaths,
@@ -486,12 +491,12 @@ pub fn train(
         });
         if cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every) && step != cfg.steps {
             push_eval(&mut evals, &mut on_event, step, eval_now()?);
-            keep_best(&mut best, &evals, &vars.vars, cfg.select_by)?;
+            keep_best(&mut best, &evals, &vars.vars, cfg.select_by, paths)?;
         }
     }
     if cfg.steps > 0 {
         push_eval(&mut evals, &mut on_event, cfg.steps, eval_now()?);
-        keep_best(&mut best, &evals, &vars.vars, cfg.select_by)?;
+        keep_best(&mut best, &evals, &vars.vars, cfg.select_by, paths)?;
     }
     let model_dir = paths.out_dir.join("model");
     save_model_dir(&snapshot(&vars.vars)?, &paths.base_model, &model_dir)?;

@@ -284,17 +284,50 @@ pub fn train_step<M: PolicyModel>(
                 None => Tensor::zeros(v.elem_count(), DType::F32, v.device()),
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let flat = collective.all_reduce_sum_tensor(&Tensor::cat(&parts, 0)?)?;
-        let mut loss_buf = [loss_sum];
-        collective.all_reduce_sum_f64(&mut loss_buf)?;
-        let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(vars.len());
-        let mut offset = 0;
-        for v in &vars {
-            let n = v.elem_count();
-            grads.push(Some(flat.narrow(0, offset, n)?.reshape(v.shape())?));
-            offset += n;
-        }
-        let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
+        let flat = Tensor::cat(&parts, 0)?;
+        let mut loss_buf = [0f64];
+        // Sharded (ZeRO-1): reduce-scatter, so each rank holds the summed gradient of its
+        // chunk only; the global norm is the sum of the chunks' squared norms.
+        let (grad_norm, update) = if let Some(len) = opt.shard_buffer_len() {
+            let n = flat.elem_count();
+            let flat = if len > n {
+                Tensor::cat(
+                    &[&flat, &Tensor::zeros(len - n, DType::F32, flat.device())?],
+                    0,
+                )?
+            } else {
+                flat
+            };
+            let chunk = collective.reduce_scatter_sum_tensor(&flat)?;
+            loss_buf[0] = loss_sum;
+            collective.all_reduce_sum_f64(&mut loss_buf)?;
+            let mut sq = [chunk
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?];
+            collective.all_reduce_sum_f64(&mut sq)?;
+            let norm = sq[0].sqrt();
+            let chunk = if norm.is_finite() && norm > cfg.max_grad_norm {
+                (chunk * (cfg.max_grad_norm / (norm + 1e-6)))?
+            } else {
+                chunk
+            };
+            (norm, Update::Shard(chunk))
+        } else {
+            let flat = collective.all_reduce_sum_tensor(&flat)?;
+            loss_buf[0] = loss_sum;
+            collective.all_reduce_sum_f64(&mut loss_buf)?;
+            let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(vars.len());
+            let mut offset = 0;
+            for v in &vars {
+                let n = v.elem_count();
+                grads.push(Some(flat.narrow(0, offset, n)?.reshape(v.shape())?));
+                offset += n;
+            }
+            let norm = clip_grad_norm(&mut grads, cfg.max_grad_norm)?;
+            (norm, Update::Full(grads))
+        };
         let lr = opt.current_lr();
         let skipped = !(grad_norm.is_finite() && loss_buf[0].is_finite());
         if skipped {
@@ -315,7 +348,10 @@ pub fn train_step<M: PolicyModel>(
             }
         } else {
             skips.consecutive = 0;
-            opt.step(&grads)?;
+            match update {
+                Update::Full(grads) => opt.step(&grads)?,
+                Update::Shard(chunk) => opt.step_sharded(&chunk, collective)?,
+            }
         }
         stats.push(UpdateStats {
             loss: loss_buf[0],
@@ -327,6 +363,14 @@ pub fn train_step<M: PolicyModel>(
         });
     }
     Ok(stats)
+}
+
+/// The clipped, summed gradients an update applies.
+enum Update {
+    /// Every parameter's gradient (unsharded optimizer).
+    Full(Vec<Option<Tensor>>),
+    /// This rank's chunk of the flat gradient (sharded optimizer).
+    Shard(Tensor),
 }
 
 /// Token-weighted running mean of two diagnostics records.

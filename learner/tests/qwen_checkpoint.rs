@@ -50,7 +50,7 @@ fn checkpoint_loads_in_the_policy_loader_with_identical_logits() {
         extra: serde_json::json!({}),
     };
     let dir = model
-        .save_checkpoint(&store, &tiny(), &adam, &state)
+        .save_checkpoint(&store, &tiny(), &adam.state().unwrap().0, &state)
         .unwrap();
     CheckpointStore::verify(&dir).unwrap();
     for name in MODEL_DIR_FILES {
@@ -86,7 +86,7 @@ fn checkpoint_loads_in_the_policy_loader_with_identical_logits() {
     // A frozen copy (GRPO's reference) holds no variables and refuses to write an empty model.
     let reference = QwenPolicy::load_frozen(&tiny(), &Device::Cpu, DType::F32).unwrap();
     let err = reference
-        .save_checkpoint(&store, &tiny(), &adam, &state)
+        .save_checkpoint(&store, &tiny(), &adam.state().unwrap().0, &state)
         .unwrap_err()
         .to_string();
     assert!(err.contains("loaded frozen"), "{err}");

@@ -351,6 +351,17 @@ fn two_ranks_match_one_rank() {
         assert!((out1.grad_norm - out2.grad_norm).abs() <= 1e-5 * out1.grad_norm);
         assert_eq!(out1.tokens, out2.tokens);
         assert!((out1.logprob_mismatch - out2.logprob_mismatch).abs() < 1e-7);
+        // ZeRO-1: the same update with each rank holding half of the optimizer state.
+        cfg.learner.shard_optimizer = true;
+        let (sharded, out3) = train_once(&cfg, &batch);
+        let diff = blob_diff(&one, &sharded);
+        eprintln!("{algorithm}: max |w(1 rank) - w(2 ranks, sharded)| = {diff:.3e}");
+        assert!(
+            diff <= 1e-5,
+            "{algorithm}: 1 rank vs 2 sharded ranks differ by {diff}"
+        );
+        assert!((out1.loss - out3.loss).abs() <= 1e-6 * out1.loss.abs().max(1.0));
+        assert!((out1.grad_norm - out3.grad_norm).abs() <= 1e-5 * out1.grad_norm);
     }
 }
 
@@ -543,10 +554,23 @@ fn non_finite_updates_are_skipped_then_stop_the_experiment() {
 
 #[test]
 fn checkpoints_resume_bit_for_bit() {
+    resume_bit_for_bit(1, false);
+}
+
+/// The same with two ranks and ZeRO-1 sharding: the checkpoint holds the optimizer state
+/// gathered from both ranks, and each rank of the resumed learner takes its chunk back.
+#[test]
+fn sharded_checkpoints_resume_bit_for_bit() {
+    resume_bit_for_bit(2, true);
+}
+
+fn resume_bit_for_bit(ranks: u32, shard_optimizer: bool) {
     let dir = tempfile::tempdir().unwrap();
     let manifest = world(dir.path());
     let ckpt = dir.path().join("ckpt");
     let mut cfg = config(&manifest, "dapo", "");
+    cfg.learner.ranks = ranks;
+    cfg.learner.shard_optimizer = shard_optimizer;
     cfg.steps = 3;
     cfg.learner.checkpoint_dir = Some(ckpt.clone());
     cfg.learner.checkpoint_every = 1;

@@ -21,7 +21,9 @@ the chat template. Any text still tokenises (the byte alphabet is always in the 
 
 import argparse
 import json
+import math
 import os
+import re
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,6 +43,10 @@ from transformers import (  # noqa: E402
 QWEN_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Runs of up to three digits stay together (as in GPT-4's and Llama 3's splits) so that
+# `--numbers whole` can give every coordinate 0..999 one token.
+NUMBER_SPLIT = QWEN_SPLIT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
+NUMBER_TOKENS = 1000
 SPECIALS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -105,57 +111,146 @@ def corpus(synth: Path) -> list[str]:
     return lines
 
 
-def build_tokenizer(lines: list[str], vocab_size: int) -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
+def _pre_tokenizer(split: str):
+    return pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
+
+
+def build_tokenizer(lines: list[str], vocab_size: int, numbers: str) -> Tokenizer:
+    """Byte-level BPE on `lines`; with `numbers == "whole"` every integer 0..999 is one token."""
+    split = QWEN_SPLIT if numbers == "digits" else NUMBER_SPLIT
+    reserve = len(SPECIALS) + (NUMBER_TOKENS if numbers == "whole" else 0)
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = _pre_tokenizer(split)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIALS), min_frequency=2, show_progress=False,
+        vocab_size=vocab_size - reserve, min_frequency=2, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(lines, trainer=trainer)
+    if numbers == "whole":
+        tok = _with_whole_numbers(tok)
     tok.add_special_tokens(SPECIALS)
     return tok
+
+
+def _with_whole_numbers(tok: Tokenizer) -> Tokenizer:
+    """Replace whatever digit merges the trainer learned by a fixed set that makes every integer
+    0..999 exactly one token: "a b" -> "ab" for each two-digit number, then "ab c" and "a bc"
+    -> "abc".
+    The split regex isolates runs of at most three digits, so these merges never touch other text.
+    """
+    spec = json.loads(tok.to_str())
+    model = spec["model"]
+    digit = re.compile(r"^[0-9]+$")
+    merges = [m if isinstance(m, list) else m.split(" ") for m in model["merges"]]
+    merges = [m for m in merges if not (digit.match(m[0]) and digit.match(m[1]))]
+    kept = sorted((i, t) for t, i in model["vocab"].items() if not (len(t) > 1 and digit.match(t)))
+    vocab = {t: n for n, (_, t) in enumerate(kept)}
+    # BPE applies the lowest-ranked pair first, so "210" may start as "2" "10" or "21" "0":
+    # a three-digit number gets both second merges.
+    # "00".."09" are tokens too: they are the tails of 100, 101, ...
+    pairs = [f"{v:02d}" for v in range(100)]
+    for p in pairs:
+        merges.append([p[0], p[1]])
+    for v in range(100, 1000):
+        s = str(v)
+        merges.append([s[:2], s[2]])
+        merges.append([s[0], s[1:]])
+    for t in pairs + [str(v) for v in range(100, 1000)]:
+        vocab[t] = len(vocab)
+    model["vocab"], model["merges"] = vocab, merges
+    out = Tokenizer.from_str(json.dumps(spec))
+    for v in range(1000):
+        got = out.encode(f"[{v},{v}]").tokens
+        assert got[1] == str(v) and got[3] == str(v), got
+    return out
+
+
+def ordinal_number_rows(model, tok: Tokenizer, hidden: int, scale: float) -> None:
+    """Start the rows of the number tokens 0..999 (input embedding and output head) on a
+    sinusoidal code of their value, so that nearby numbers start out similar.
+
+    A random table knows nothing of order: each coordinate would be 1000 unrelated classes that
+    the policy must tell apart from data alone. With the code, a hidden state that encodes a
+    position already scores the numbers near it highest (the inner product of two codes is a
+    smooth kernel of the difference), which is what a pretrained model brings.
+    """
+    v = torch.arange(1000, dtype=torch.float32)[:, None]
+    freqs = torch.exp(torch.linspace(math.log(2 * math.pi / 4000), math.log(2 * math.pi / 8), hidden // 2))
+    code = torch.cat([torch.cos(v * freqs), torch.sin(v * freqs)], dim=1)
+    code = code * (scale / math.sqrt(hidden // 2))
+    ids = torch.tensor([tok.token_to_id(str(i)) for i in range(1000)])
+    with torch.no_grad():
+        model.model.language_model.embed_tokens.weight[ids, : code.shape[1]] = code
+        model.lm_head.weight[ids, : code.shape[1]] = code
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--synth", type=Path, required=True, help="output of `platter data synth`")
     ap.add_argument("--out", type=Path, required=True, help="model directory to write")
-    ap.add_argument("--vocab-size", type=int, default=1024)
+    ap.add_argument("--vocab-size", type=int, default=2048)
+    ap.add_argument(
+        "--numbers", choices=["whole", "digits"], default="whole",
+        help="whole: every integer 0..999 is one token (a coordinate is one prediction); "
+        "digits: one token per digit, as Qwen2.5's own tokenizer",
+    )
+    ap.add_argument(
+        "--number-scale", type=float, default=4.0,
+        help="norm of the sinusoidal code the number-token rows start on (0: random like the rest)",
+    )
     ap.add_argument("--image-size", type=int, default=224, help="policy input side (multiple of 28)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hidden", type=int, default=128, help="text hidden size")
+    ap.add_argument("--intermediate", type=int, default=256, help="text MLP size")
+    ap.add_argument("--layers", type=int, default=2, help="text decoder layers")
+    ap.add_argument("--heads", type=int, default=4, help="text attention heads")
+    ap.add_argument("--kv-heads", type=int, default=2, help="text KV heads")
+    ap.add_argument("--rope-theta", type=float, default=1e4, help="text M-RoPE base")
+    ap.add_argument("--mrope-section", type=str, default="4,6,6", help="t,h,w rotary pairs")
+    ap.add_argument("--vision-depth", type=int, default=2)
+    ap.add_argument("--vision-hidden", type=int, default=64)
+    ap.add_argument("--vision-intermediate", type=int, default=128)
+    ap.add_argument("--vision-heads", type=int, default=4)
+    ap.add_argument("--fullatt", type=str, default="1", help="vision full-attention block indexes")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
 
-    tok = build_tokenizer(corpus(args.synth), args.vocab_size)
+    tok = build_tokenizer(corpus(args.synth), args.vocab_size, args.numbers)
     assert tok.get_vocab_size() <= args.vocab_size, tok.get_vocab_size()
     sid = {s: tok.token_to_id(s) for s in SPECIALS}
     cfg = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=args.vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=1024,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 6, 6]},
+            vocab_size=args.vocab_size, hidden_size=args.hidden, intermediate_size=args.intermediate,
+            num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+            rms_norm_eps=1e-6, max_position_embeddings=1024,
+            rope_parameters={
+                "rope_type": "default", "rope_theta": args.rope_theta,
+                "mrope_section": [int(v) for v in args.mrope_section.split(",")],
+            },
             bos_token_id=sid["<|endoftext|>"], eos_token_id=sid["<|im_end|>"],
             pad_token_id=sid["<|endoftext|>"], tie_word_embeddings=False,
         ),
         vision_config=dict(
-            depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=128,
+            depth=args.vision_depth, hidden_size=args.vision_hidden,
+            intermediate_size=args.vision_intermediate, num_heads=args.vision_heads, out_hidden_size=args.hidden,
             patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
-            fullatt_block_indexes=[1], tokens_per_second=2, hidden_act="silu",
+            fullatt_block_indexes=[int(v) for v in args.fullatt.split(",")], tokens_per_second=2, hidden_act="silu",
         ),
         image_token_id=sid["<|image_pad|>"], video_token_id=sid["<|video_pad|>"],
         vision_start_token_id=sid["<|vision_start|>"], vision_end_token_id=sid["<|vision_end|>"],
         tie_word_embeddings=False,
     )
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    if args.numbers == "whole" and args.number_scale > 0:
+        ordinal_number_rows(model, tok, args.hidden, args.number_scale)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left",
     )

@@ -41,6 +41,8 @@ const OP_SUM: &str = "nccl all_reduce_sum";
 const OP_SUM_F64: &str = "nccl all_reduce_sum_f64";
 const OP_SUM_TENSOR: &str = "nccl all_reduce_sum_tensor";
 const OP_BROADCAST: &str = "nccl broadcast";
+const OP_REDUCE_SCATTER: &str = "nccl reduce_scatter_sum_tensor";
+const OP_ALL_GATHER: &str = "nccl all_gather_tensor";
 
 /// The 128-byte id every rank of one communicator is created from.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -472,12 +474,17 @@ impl NcclGroup {
         })
     }
 
-    /// Sums `view` across ranks in place on the device.
-    fn device_sum(&self, view: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    /// Runs `kind` across ranks in place on `view`, on the device.
+    fn device_op(
+        &self,
+        op: &'static str,
+        kind: Kind,
+        view: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
         if view.is_empty() {
             return Ok(());
         }
-        self.run(OP_SUM_TENSOR, |comm, deadline| {
+        self.run(op, |comm, deadline| {
             // Kernels that produced the tensor run first.
             self.stream
                 .join(view.stream())
@@ -486,7 +493,7 @@ impl NcclGroup {
             let (ptr, _record) = view.device_ptr_mut(&self.stream);
             self.issue(comm, deadline, |c| {
                 c.launch(
-                    Kind::Sum,
+                    kind,
                     ptr,
                     len,
                     sys::ncclDataType_t::ncclFloat32,
@@ -510,40 +517,77 @@ impl Elem for f64 {
     const NCCL: sys::ncclDataType_t = sys::ncclDataType_t::ncclFloat64;
 }
 
-/// An in-place NCCL operation.
+/// An in-place NCCL operation on a buffer of `count` elements.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Sum,
-    Broadcast { root: usize },
+    Broadcast {
+        root: usize,
+    },
+    /// Sum, then rank `r` keeps chunk `r` (of `count / world` elements) in place: NCCL's
+    /// in-place form, whose receive buffer is the send buffer plus `r × chunk` elements.
+    ReduceScatter {
+        rank: usize,
+        world: usize,
+    },
+    /// Rank `r`'s chunk, already at offset `r × chunk`, is copied to every rank (in place:
+    /// the send buffer is the receive buffer plus `r × chunk` elements).
+    AllGather {
+        rank: usize,
+        world: usize,
+    },
 }
 
-/// Sums a contiguous f32 CUDA tensor across ranks in its own storage.
-struct InPlaceSum<'a> {
+/// Runs a [`Kind`] on a contiguous f32 CUDA tensor across ranks in its own storage.
+struct InPlace<'a> {
     group: &'a NcclGroup,
+    op: &'static str,
+    kind: Kind,
     /// The crate error behind a failed `cuda_fwd` (candle's error type would lose it).
     failure: std::cell::RefCell<Option<Error>>,
 }
 
-impl InplaceOp1 for InPlaceSum<'_> {
+impl<'a> InPlace<'a> {
+    fn new(group: &'a NcclGroup, op: &'static str, kind: Kind) -> Self {
+        Self {
+            group,
+            op,
+            kind,
+            failure: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// Runs on `t` (contiguous f32 on the group's device); the error is the crate's.
+    fn apply(self, t: &Tensor) -> Result<()> {
+        match t.inplace_op1(&self) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failure.into_inner().unwrap_or(Error::Candle(e))),
+        }
+    }
+}
+
+impl InplaceOp1 for InPlace<'_> {
     fn name(&self) -> &'static str {
-        "nccl-all-reduce-sum"
+        self.op
     }
 
     fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
-        candle_core::bail!("the NCCL all-reduce needs a CUDA tensor, found a CPU one")
+        candle_core::bail!("{} needs a CUDA tensor, found a CPU one", self.op)
     }
 
     fn cuda_fwd(&self, storage: &mut CudaStorage, layout: &Layout) -> candle_core::Result<()> {
         let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("the NCCL all-reduce needs a contiguous tensor");
+            candle_core::bail!("{} needs a contiguous tensor", self.op);
         };
         let slice = storage.as_cuda_slice_mut::<f32>()?;
         let mut view = slice.slice_mut(start..end);
-        self.group.device_sum(&mut view).map_err(|e| {
-            let text = e.to_string();
-            *self.failure.borrow_mut() = Some(e);
-            candle_core::Error::Msg(text)
-        })
+        self.group
+            .device_op(self.op, self.kind, &mut view)
+            .map_err(|e| {
+                let text = e.to_string();
+                *self.failure.borrow_mut() = Some(e);
+                candle_core::Error::Msg(text)
+            })
     }
 }
 
@@ -578,30 +622,70 @@ impl Collective for NcclGroup {
     /// its own storage (the returned tensor shares it); other dtypes or layouts are first
     /// converted to a contiguous f32 copy on the device. A CPU tensor goes through the host.
     fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
-        match t.device() {
-            Device::Cuda(_) => {}
-            _ => return super::reduce_tensor_through_host(self, t),
+        if !matches!(t.device(), Device::Cuda(_)) {
+            return super::reduce_tensor_through_host(self, t);
         }
+        let t = self.on_this_device(OP_SUM_TENSOR, t)?;
+        InPlace::new(self, OP_SUM_TENSOR, Kind::Sum).apply(&t)?;
+        Ok(t)
+    }
+
+    /// Reduce-scatter in place on the GPU (CPU tensors go through the host).
+    fn reduce_scatter_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        if !matches!(t.device(), Device::Cuda(_)) {
+            let chunk = super::equal_chunk(self.world, t.elem_count(), OP_REDUCE_SCATTER)?;
+            let sum = super::reduce_tensor_through_host(self, &t.flatten_all()?)?;
+            return Ok(sum.narrow(0, self.rank * chunk, chunk)?.contiguous()?);
+        }
+        let chunk = super::equal_chunk(self.world, t.elem_count(), OP_REDUCE_SCATTER)?;
+        let t = self.on_this_device(OP_REDUCE_SCATTER, &t.flatten_all()?)?;
+        let kind = Kind::ReduceScatter {
+            rank: self.rank,
+            world: self.world,
+        };
+        InPlace::new(self, OP_REDUCE_SCATTER, kind).apply(&t)?;
+        Ok(t.narrow(0, self.rank * chunk, chunk)?.contiguous()?)
+    }
+
+    /// All-gather in place on the GPU (CPU tensors go through the host).
+    fn all_gather_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        let t = t.flatten_all()?.to_dtype(DType::F32)?;
+        let n = t.elem_count();
+        let zeros = |k: usize| Tensor::zeros(k * n, DType::F32, t.device());
+        // A fresh buffer with this rank's chunk in its place.
+        let placed = Tensor::cat(
+            &[&zeros(self.rank)?, &t, &zeros(self.world - self.rank - 1)?],
+            0,
+        )?;
+        if !matches!(t.device(), Device::Cuda(_)) {
+            return super::reduce_tensor_through_host(self, &placed);
+        }
+        let placed = self.on_this_device(OP_ALL_GATHER, &placed)?;
+        let kind = Kind::AllGather {
+            rank: self.rank,
+            world: self.world,
+        };
+        InPlace::new(self, OP_ALL_GATHER, kind).apply(&placed)?;
+        Ok(placed)
+    }
+}
+
+impl NcclGroup {
+    /// `t` as a contiguous f32 tensor on this rank's device (an error names the device it is
+    /// on when that is another GPU).
+    fn on_this_device(&self, op: &str, t: &Tensor) -> Result<Tensor> {
         if let candle_core::DeviceLocation::Cuda { gpu_id } = t.device().location()
             && gpu_id != self.ordinal
         {
             return Err(Error::Data {
-                context: format!("{OP_SUM_TENSOR} on rank {}", self.rank),
+                context: format!("{op} on rank {}", self.rank),
                 reason: format!(
                     "the tensor is on cuda:{gpu_id} but this rank's group runs on cuda:{}",
                     self.ordinal
                 ),
             });
         }
-        let t = t.to_dtype(DType::F32)?.contiguous()?;
-        let op = InPlaceSum {
-            group: self,
-            failure: std::cell::RefCell::new(None),
-        };
-        match t.inplace_op1(&op) {
-            Ok(()) => Ok(t),
-            Err(e) => Err(op.failure.into_inner().unwrap_or(Error::Candle(e))),
-        }
+        Ok(t.to_dtype(DType::F32)?.contiguous()?)
     }
 }
 
@@ -771,6 +855,25 @@ mod raw {
                     Kind::Broadcast { root } => {
                         result::broadcast(buf, buf, count, dtype, root as i32, self.0, s)
                     }
+                    Kind::ReduceScatter { rank, world } => {
+                        let chunk = count / world;
+                        let own = (ptr + (rank * chunk * dtype_bytes(dtype)) as u64) as *mut c_void;
+                        result::reduce_scatter(
+                            buf,
+                            own,
+                            chunk,
+                            dtype,
+                            sys::ncclRedOp_t::ncclSum,
+                            self.0,
+                            s,
+                        )
+                    }
+                    Kind::AllGather { rank, world } => {
+                        let chunk = count / world;
+                        let own =
+                            (ptr + (rank * chunk * dtype_bytes(dtype)) as u64) as *const c_void;
+                        result::all_gather(own, buf, chunk, dtype, self.0, s)
+                    }
                 }
             };
             match r {
@@ -778,6 +881,14 @@ mod raw {
                 Ok(_) => Ok(false),
                 Err(e) => Err(self.failure(e.0)),
             }
+        }
+    }
+
+    /// Bytes per element of the data types this module sends.
+    fn dtype_bytes(dtype: sys::ncclDataType_t) -> usize {
+        match dtype {
+            sys::ncclDataType_t::ncclFloat64 => 8,
+            _ => 4,
         }
     }
 

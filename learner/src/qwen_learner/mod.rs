@@ -450,6 +450,7 @@ impl QwenLearner {
             pad_token_id,
             temperature: cfg.rollout.temperature,
             adamw: AdamWConfig::from(&cfg.optim),
+            shard_optimizer: cfg.learner.shard_optimizer,
             update,
             reference,
             resume: resume.map(Arc::new),

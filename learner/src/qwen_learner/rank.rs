@@ -39,6 +39,8 @@ pub(crate) struct RankSetup {
     /// Rollout temperature the log-probs are computed at ([`RankModel::temperature`]).
     pub temperature: f64,
     pub adamw: AdamWConfig,
+    /// ZeRO-1 optimizer-state sharding across the ranks.
+    pub shard_optimizer: bool,
     pub update: UpdateConfig,
     /// GRPO's frozen reference policy (shared by the ranks on its device: it is never written;
     /// a rank on another device loads its own copy).
@@ -54,7 +56,8 @@ pub(crate) struct TrainOrder {
     pub version: u64,
     /// Frozen weights of older versions, for the groups they generated.
     pub history: Arc<BTreeMap<u64, Arc<QwenPolicy>>>,
-    /// Rank 0 writes this checkpoint after the update (its `optimizer_step` is filled in).
+    /// Rank 0 writes this checkpoint after the update (its `optimizer_step` is filled in);
+    /// with a sharded optimizer every rank first contributes its part of the state.
     pub checkpoint: Option<(CheckpointStore, CheckpointState)>,
 }
 
@@ -206,11 +209,9 @@ impl RankPool {
                 batch: Arc::clone(&order.batch),
                 version: order.version,
                 history: Arc::clone(&order.history),
-                checkpoint: if rank == 0 {
-                    order.checkpoint.clone()
-                } else {
-                    None
-                },
+                // Every rank learns of a checkpoint (a sharded optimizer gathers its state from
+                // all of them); rank 0 writes it.
+                checkpoint: order.checkpoint.clone(),
             };
             tx.send(Command::Train(Box::new(own), rtx))
                 .map_err(|_| stopped(rank))?;
@@ -379,6 +380,14 @@ impl Collective for RankGroup {
     fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
         self.inner().all_reduce_sum_tensor(t)
     }
+
+    fn reduce_scatter_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        self.inner().reduce_scatter_sum_tensor(t)
+    }
+
+    fn all_gather_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        self.inner().all_gather_tensor(t)
+    }
 }
 
 /// A rank's model, optimizer and skip bookkeeping.
@@ -458,7 +467,16 @@ impl RankState {
             DType::F32,
             setup.freeze_vision,
         )?;
-        let mut opt = AdamW::new(model.trainable(), setup.adamw.clone())?;
+        let mut opt = if setup.shard_optimizer {
+            AdamW::sharded(
+                model.trainable(),
+                setup.adamw.clone(),
+                group.rank(),
+                group.world_size(),
+            )?
+        } else {
+            AdamW::new(model.trainable(), setup.adamw.clone())?
+        };
         if let Some(ck) = &setup.resume {
             let mut missing = Vec::new();
             for (name, var) in model.trainable() {
@@ -620,6 +638,14 @@ impl RankState {
             (total - timings.forward - timings.collective - timings.optimizer).max(0.0);
 
         let diagnostics = self.reduce_diagnostics(&stats, mismatch, mismatch_tokens)?;
+        // A sharded optimizer's state is gathered from every rank (a collective) for the
+        // checkpoint rank 0 writes.
+        let optimizer_state = match &order.checkpoint {
+            Some(_) if rank == 0 || self.opt.is_sharded() => {
+                Some(self.opt.full_state(&self.group)?.0)
+            }
+            _ => None,
+        };
         self.peers_may_wait = false;
         let mut reply = RankReply {
             stats,
@@ -633,7 +659,7 @@ impl RankState {
             let started = Instant::now();
             reply.snapshot = Some(self.snapshot()?);
             reply.timings.snapshot = started.elapsed().as_secs_f64();
-            if let Some((store, state)) = &order.checkpoint {
+            if let (Some((store, state)), Some(optimizer)) = (&order.checkpoint, &optimizer_state) {
                 let started = Instant::now();
                 let state = CheckpointState {
                     optimizer_step: self.opt.step_count(),
@@ -641,7 +667,7 @@ impl RankState {
                 };
                 let dir =
                     self.model
-                        .save_checkpoint(store, &self.setup.model_dir, &self.opt, &state)?;
+                        .save_checkpoint(store, &self.setup.model_dir, optimizer, &state)?;
                 reply.checkpoint_dir = Some(dir);
                 reply.timings.checkpoint = started.elapsed().as_secs_f64();
             }
@@ -788,6 +814,14 @@ impl Collective for TimedCollective<'_> {
 
     fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
         self.timed(|| self.inner.all_reduce_sum_tensor(t))
+    }
+
+    fn reduce_scatter_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        self.timed(|| self.inner.reduce_scatter_sum_tensor(t))
+    }
+
+    fn all_gather_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        self.timed(|| self.inner.all_gather_tensor(t))
     }
 }
 
