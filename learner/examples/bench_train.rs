@@ -2,7 +2,11 @@
 //! directory, for `scripts/oracle/learner/bench_train.py`, which times PyTorch on the same model
 //! and inputs in the same run and prints the ratio.
 //!
-//! `cargo run --release -p platter-learner --example bench_train -- MODEL_DIR IMAGE BATCH RESPONSE_LEN REPEATS`
+//! `cargo run --release -p platter-learner --example bench_train -- MODEL_DIR IMAGE BATCH RESPONSE_LEN REPEATS [distinct|group]`
+//!
+//! `distinct` (default): BATCH separately prepared prompts, the work PyTorch does. `group`: one
+//! prompt shared by the BATCH responses, the shape of a GRPO group, whose prompt the learner
+//! runs once.
 //!
 //! The batch is BATCH copies of the fixture prompt with IMAGE, each followed by RESPONSE_LEN
 //! response tokens (ids `10 + (7 i + 13 j) mod 490`, the same formula as the Python side), one
@@ -27,10 +31,13 @@ const PROMPT: &str = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>
 
 fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench_train MODEL_DIR IMAGE BATCH RESPONSE_LEN REPEATS";
-    if args.len() != 6 {
-        return Err(usage.into());
-    }
+    let usage = "usage: bench_train MODEL_DIR IMAGE BATCH RESPONSE_LEN REPEATS [distinct|group]";
+    let shared = match args.get(6).map(String::as_str) {
+        _ if !(6..=7).contains(&args.len()) => return Err(usage.into()),
+        None | Some("distinct") => false,
+        Some("group") => true,
+        Some(_) => return Err(usage.into()),
+    };
     let dir = Path::new(&args[1]);
     let batch: usize = args[3].parse().map_err(|_| usage)?;
     let resp_len: usize = args[4].parse().map_err(|_| usage)?;
@@ -40,8 +47,13 @@ fn main() -> Result<(), Box<dyn Error>> {
     let processor = model.policy().processor(dir)?;
     let image = load_image(Path::new(&args[2]), processor.max_input_pixels)?;
     let mut items = Vec::with_capacity(batch);
+    let one = std::sync::Arc::new(processor.prepare(0, PROMPT, std::slice::from_ref(&image))?);
     for i in 0..batch {
-        let prompt = processor.prepare(i, PROMPT, std::slice::from_ref(&image))?;
+        let prompt = if shared {
+            std::sync::Arc::clone(&one)
+        } else {
+            std::sync::Arc::new(processor.prepare(i, PROMPT, std::slice::from_ref(&image))?)
+        };
         let response = (0..resp_len)
             .map(|j| 10 + ((7 * i + 13 * j) % 490) as u32)
             .collect();

@@ -65,7 +65,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         response.push(im_end);
         items.push(TrainItem {
             id: format!("case{i}"),
-            sequence: QwenSequence { prompt, response },
+            sequence: QwenSequence {
+                prompt: std::sync::Arc::new(prompt),
+                response,
+            },
             advantage: if i % 2 == 0 { 1.0 } else { -0.5 },
         });
     }
@@ -101,7 +104,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
     let dir = model.save_checkpoint(&store, model_dir, &adam.state()?.0, &state)?;
 
-    let refs: Vec<_> = items.iter().map(|i| &i.sequence.prompt).collect();
+    let refs: Vec<_> = items.iter().map(|i| i.sequence.prompt.as_ref()).collect();
     let batch = PromptBatch::new(&refs, processor.pad_token_id, &device)?;
     let logits = model.policy().forward_logits(&batch)?;
     let tensors = HashMap::from([

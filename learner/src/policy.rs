@@ -20,9 +20,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
-use platter_qwen25vl::{Policy, PolicyVars, PreparedPrompt, ResponseBatch};
+use platter_qwen25vl::{GroupedResponseBatch, Policy, PolicyVars, PreparedPrompt};
 
 use crate::checkpoint::{CheckpointState, CheckpointStore};
 use crate::update::{PolicyModel, ResponseLogprobs};
@@ -44,10 +45,59 @@ pub const MODEL_DIR_FILES: [&str; 8] = [
 /// One training sequence: the prepared prompt (token ids with the image placeholders
 /// expanded, M-RoPE positions, preprocessed pixels and grid) and the sampled response ids
 /// (including the stop token when one was generated).
+///
+/// The prompt is shared: the G responses of a group hold the same `Arc`, and a micro-batch
+/// runs each distinct prompt once ([`sequence_logprobs`]).
 #[derive(Debug, Clone)]
 pub struct QwenSequence {
-    pub prompt: PreparedPrompt,
+    pub prompt: Arc<PreparedPrompt>,
     pub response: Vec<u32>,
+}
+
+/// Log-probs (at `temperature`) of the responses of `seqs` under `policy`, through the
+/// differentiable grouped path: sequences whose prompts are the same `Arc` share one vision
+/// encoding and one prefill.
+pub(crate) fn sequence_logprobs(
+    policy: &Policy,
+    pad_token_id: u32,
+    freeze_vision: bool,
+    temperature: f64,
+    seqs: &[&QwenSequence],
+    entropy: bool,
+) -> candle_core::Result<ResponseLogprobs> {
+    let mut prompts: Vec<&PreparedPrompt> = Vec::new();
+    let mut rows = Vec::with_capacity(seqs.len());
+    for s in seqs {
+        let row = match prompts
+            .iter()
+            .position(|p| std::ptr::eq(*p, s.prompt.as_ref()))
+        {
+            Some(row) => row,
+            None => {
+                prompts.push(s.prompt.as_ref());
+                prompts.len() - 1
+            }
+        };
+        rows.push(row);
+    }
+    let responses: Vec<Vec<u32>> = seqs.iter().map(|s| s.response.clone()).collect();
+    let batch = GroupedResponseBatch::new(
+        &prompts,
+        &rows,
+        &responses,
+        pad_token_id,
+        policy.cfg.text.max_position_embeddings,
+        policy.device(),
+    )
+    .map_err(candle_core::Error::wrap)?;
+    let out = policy
+        .grouped_response_logprobs_at(&batch, freeze_vision, temperature)
+        .map_err(candle_core::Error::wrap)?;
+    Ok(ResponseLogprobs {
+        logp: out.logp,
+        mask: out.mask,
+        entropy: entropy.then_some(out.entropy),
+    })
 }
 
 /// A Qwen2.5-VL policy for training: the model, its variables by HF checkpoint name, and
@@ -185,24 +235,13 @@ impl PolicyModel for QwenPolicy {
         seqs: &[&QwenSequence],
         entropy: bool,
     ) -> candle_core::Result<ResponseLogprobs> {
-        let prompts: Vec<&PreparedPrompt> = seqs.iter().map(|s| &s.prompt).collect();
-        let responses: Vec<Vec<u32>> = seqs.iter().map(|s| s.response.clone()).collect();
-        let batch = ResponseBatch::new(
-            &prompts,
-            &responses,
+        sequence_logprobs(
+            &self.policy,
             self.pad_token_id,
-            self.policy.cfg.text.max_position_embeddings,
-            self.policy.device(),
+            self.freeze_vision,
+            1.0,
+            seqs,
+            entropy,
         )
-        .map_err(candle_core::Error::wrap)?;
-        let out = self
-            .policy
-            .response_logprobs(&batch, self.freeze_vision)
-            .map_err(candle_core::Error::wrap)?;
-        Ok(ResponseLogprobs {
-            logp: out.logp,
-            mask: out.mask,
-            entropy: entropy.then_some(out.entropy),
-        })
     }
 }

@@ -62,7 +62,7 @@ fn checkpoint_loads_in_the_policy_loader_with_identical_logits() {
     }
 
     // Logits of the trained in-memory policy vs the reloaded checkpoint vs the untrained fixture.
-    let prompts: Vec<_> = items.iter().map(|i| &i.sequence.prompt).collect();
+    let prompts: Vec<_> = items.iter().map(|i| i.sequence.prompt.as_ref()).collect();
     let processor = model.policy().processor(&tiny()).unwrap();
     let pb = PromptBatch::new(&prompts, processor.pad_token_id, &Device::Cpu).unwrap();
     let trained = flat(&model.policy().forward_logits(&pb).unwrap());

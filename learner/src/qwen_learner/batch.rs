@@ -9,27 +9,19 @@ use image::RgbImage;
 use platter_coordinator::dataset::PromptSource;
 use platter_data::ImageLimits;
 use platter_proto::v1;
-use platter_qwen25vl::{GroupedResponseBatch, PreparedPrompt, Processor};
+use platter_qwen25vl::{PreparedPrompt, Processor};
 use platter_rl::group_advantages;
 use platter_rl::prompt::SYSTEM_MESSAGE;
 
+use crate::policy::sequence_logprobs;
 use crate::sft::policy_input_image;
 use crate::update::{PolicyModel, ResponseLogprobs, TrainItem};
-use crate::{Error, QwenPolicy, Result};
-
-/// One training sequence whose prompt is shared by every response of its group (the prompt
-/// holds the preprocessed image, so a group of G does not hold G copies of it).
-#[derive(Debug, Clone)]
-pub(crate) struct SharedSequence {
-    pub prompt: Arc<PreparedPrompt>,
-    /// Sampled response ids, the stop token included when one ended the response.
-    pub response: Vec<u32>,
-}
+use crate::{Error, QwenPolicy, QwenSequence, Result};
 
 /// The global batch of one step, in request order (group by group).
 #[derive(Debug)]
 pub(crate) struct GlobalBatch {
-    pub items: Vec<TrainItem<SharedSequence>>,
+    pub items: Vec<TrainItem<QwenSequence>>,
     /// Policy version that generated each item.
     pub versions: Vec<u64>,
     /// Log-probs the rollout worker reported for each item (empty when none were).
@@ -113,7 +105,7 @@ impl BatchRules<'_> {
                 tokens += resp.token_ids.len() as u64;
                 items.push(TrainItem {
                     id: format!("prompt_index {}/response {j}", group.prompt_index),
-                    sequence: SharedSequence {
+                    sequence: QwenSequence {
                         prompt: Arc::clone(&prompt),
                         response: resp.token_ids.clone(),
                     },
@@ -302,50 +294,24 @@ impl<'a> RankModel<'a> {
 }
 
 impl PolicyModel for RankModel<'_> {
-    type Sequence = SharedSequence;
+    type Sequence = QwenSequence;
 
     fn response_logprobs(
         &self,
-        seqs: &[&SharedSequence],
+        seqs: &[&QwenSequence],
         entropy: bool,
     ) -> candle_core::Result<ResponseLogprobs> {
         let started = std::time::Instant::now();
-        let policy = self.policy.policy();
-        // Responses of one group hold the same `Arc` prompt: run each distinct prompt once.
-        let mut prompts: Vec<&PreparedPrompt> = Vec::new();
-        let mut rows = Vec::with_capacity(seqs.len());
-        for s in seqs {
-            let row = match prompts
-                .iter()
-                .position(|p| std::ptr::eq(*p, s.prompt.as_ref()))
-            {
-                Some(row) => row,
-                None => {
-                    prompts.push(s.prompt.as_ref());
-                    prompts.len() - 1
-                }
-            };
-            rows.push(row);
-        }
-        let responses: Vec<Vec<u32>> = seqs.iter().map(|s| s.response.clone()).collect();
-        let batch = GroupedResponseBatch::new(
-            &prompts,
-            &rows,
-            &responses,
+        let out = sequence_logprobs(
+            self.policy.policy(),
             self.pad_token_id,
-            policy.cfg.text.max_position_embeddings,
-            policy.device(),
-        )
-        .map_err(candle_core::Error::wrap)?;
-        let out = policy
-            .grouped_response_logprobs_at(&batch, self.policy.freeze_vision(), self.temperature)
-            .map_err(candle_core::Error::wrap)?;
+            self.policy.freeze_vision(),
+            self.temperature,
+            seqs,
+            entropy,
+        );
         self.forward.set(self.forward.get() + started.elapsed());
-        Ok(ResponseLogprobs {
-            logp: out.logp,
-            mask: out.mask,
-            entropy: entropy.then_some(out.entropy),
-        })
+        out
     }
 }
 
@@ -353,7 +319,7 @@ impl PolicyModel for RankModel<'_> {
 /// of `micro_batch_size`.
 pub(crate) fn logprob_rows(
     model: &RankModel,
-    seqs: &[&SharedSequence],
+    seqs: &[&QwenSequence],
     micro_batch_size: usize,
 ) -> Result<Vec<Tensor>> {
     let mut out = Vec::with_capacity(seqs.len());

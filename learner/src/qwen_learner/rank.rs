@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use platter_qwen25vl::{Policy, PolicyVars};
 
-use super::batch::{GlobalBatch, RankModel, SharedSequence, logprob_rows};
+use super::batch::{GlobalBatch, RankModel, logprob_rows};
 use crate::checkpoint::{Checkpoint, CheckpointState, CheckpointStore};
 #[cfg(feature = "cuda")]
 use crate::collective::nccl::{AbortFlag, NcclGroup, NcclUniqueId};
@@ -26,7 +26,7 @@ use crate::update::{
     Algorithm, FrozenLogprobs, SkipCounter, TrainItem, UpdateConfig, UpdateStats, shard_for_rank,
     train_step,
 };
-use crate::{Error, QwenPolicy, Result};
+use crate::{Error, QwenPolicy, QwenSequence, Result};
 
 /// What every rank is built from.
 #[derive(Clone)]
@@ -533,7 +533,7 @@ impl RankState {
                     by_version.entry(batch.versions[i]).or_default().push(j);
                 }
                 for (v, pos) in by_version {
-                    let seqs: Vec<&SharedSequence> = pos
+                    let seqs: Vec<&QwenSequence> = pos
                         .iter()
                         .map(|&j| &batch.items[chunk[j]].sequence)
                         .collect();
@@ -562,7 +562,7 @@ impl RankState {
                     }
                 }
                 if let Some(r) = &self.setup.reference {
-                    let seqs: Vec<&SharedSequence> =
+                    let seqs: Vec<&QwenSequence> =
                         chunk.iter().map(|&i| &batch.items[i].sequence).collect();
                     reference.extend(logprob_rows(
                         &RankModel::new(r, self.setup.pad_token_id, self.setup.temperature),
@@ -594,7 +594,7 @@ impl RankState {
         let minis = self.setup.update.mini_batches_per_step.max(1);
         let all: Vec<usize> = (0..order.batch.items.len()).collect();
         let share = shard_for_rank(&all, rank, world, minis);
-        let items: Vec<TrainItem<SharedSequence>> = share
+        let items: Vec<TrainItem<QwenSequence>> = share
             .iter()
             .map(|&i| order.batch.items[i].clone())
             .collect();

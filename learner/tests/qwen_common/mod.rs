@@ -60,7 +60,10 @@ pub fn batch(policy: &QwenPolicy, n: usize, advantages: &[f32]) -> Vec<TrainItem
             response.push(im_end);
             TrainItem {
                 id: format!("p{}/s{}", i / 4, i % 4),
-                sequence: QwenSequence { prompt, response },
+                sequence: QwenSequence {
+                    prompt: std::sync::Arc::new(prompt),
+                    response,
+                },
                 advantage: advantages[i % advantages.len()],
             }
         })
