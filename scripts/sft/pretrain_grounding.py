@@ -45,6 +45,7 @@ from transformers import (  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_tiny_base import user_prompt  # noqa: E402
+from pretrain_vision import split_images  # noqa: E402
 
 FOODS = 30
 GENERIC_QUESTION = "one food in the picture"
@@ -73,18 +74,10 @@ def objects(mask: np.ndarray, min_pixels: int = 12) -> list[tuple[int, ...]]:
 
 
 def samples(synth: Path, split: str, size: int, processor, names, limit: int):
-    img_dir = synth / "Images" / "img_dir" / split
-    ann_dir = synth / "Images" / "ann_dir" / split
-    if not img_dir.is_dir():
-        raise SystemExit(f"{img_dir}: missing; generate the world with `platter data synth`")
-    stems = sorted(p.stem for p in img_dir.iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
-    if limit:
-        stems = stems[:limit]
     out = []
-    for stem in stems:
-        img_path = next(img_dir.glob(stem + ".*"))
+    for img_path, ann_path in split_images(synth, split, limit):
         image = Image.open(img_path).convert("RGB").resize((size, size), Image.BICUBIC)
-        labels = np.array(Image.open(ann_dir / f"{stem}.png").resize((size, size), Image.NEAREST))
+        labels = np.array(Image.open(ann_path).resize((size, size), Image.NEAREST))
         pix = processor(images=[image], return_tensors="pt")["pixel_values"]
         for cls in sorted(int(c) for c in np.unique(labels) if 1 <= c <= FOODS):
             objs = objects(labels == cls)

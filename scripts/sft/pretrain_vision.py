@@ -56,22 +56,25 @@ def class_index(label_map: np.ndarray, path: Path) -> np.ndarray:
     return out
 
 
-def load_split(synth: Path, split: str, size: int, processor, limit: int):
-    """Pixel values per image (as the processor makes them) and per-cell class mixes."""
+def split_images(synth: Path, split: str, limit: int) -> list[tuple[Path, Path]]:
+    """(image, label map) paths of a split of `platter data synth`'s layout, in index order."""
     img_dir = synth / "Images" / "img_dir" / split
     ann_dir = synth / "Images" / "ann_dir" / split
     if not img_dir.is_dir():
         raise SystemExit(f"{img_dir}: missing; generate the world with `platter data synth`")
-    names = sorted(p.stem for p in img_dir.iterdir() if p.suffix in (".jpg", ".jpeg", ".png"))
+    images = sorted((p for p in img_dir.iterdir() if p.suffix in (".jpg", ".jpeg", ".png")), key=lambda p: p.stem)
     if limit:
-        names = names[:limit]
+        images = images[:limit]
+    return [(p, ann_dir / f"{p.stem}.png") for p in images]
+
+
+def load_split(synth: Path, split: str, size: int, processor, limit: int):
+    """Pixel values per image (as the processor makes them) and per-cell class mixes."""
     cell = 28
     grid = size // cell
     pixels, mixes = [], []
-    for name in names:
-        img_path = next(img_dir.glob(name + ".*"))
+    for img_path, ann_path in split_images(synth, split, limit):
         image = Image.open(img_path).convert("RGB").resize((size, size), Image.BICUBIC)
-        ann_path = ann_dir / f"{name}.png"
         labels = Image.open(ann_path)
         if labels.mode not in ("L", "P"):
             raise SystemExit(f"{ann_path}: label map must be 8-bit grayscale, got mode {labels.mode}")
