@@ -11,15 +11,10 @@ use crate::Result;
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.iter().flatten() {
-        sq += g
-            .to_dtype(DType::F64)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f64>()?;
+        sq += squared_norm(g)?;
     }
     let norm = sq.sqrt();
-    if norm.is_finite() && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
+    if let Some(scale) = clip_scale(norm, max_norm) {
         for g in grads.iter_mut() {
             if let Some(t) = g.take() {
                 *g = Some((t * scale)?);
@@ -27,6 +22,20 @@ pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64
         }
     }
     Ok(norm)
+}
+
+/// Sum of squares of `t`'s elements, accumulated in f64.
+pub(crate) fn squared_norm(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()?)
+}
+
+/// The factor [`clip_grad_norm`] scales by for a global norm `norm`, or `None` when it leaves
+/// the gradients alone (norm within `max_norm`, or not finite).
+pub(crate) fn clip_scale(norm: f64, max_norm: f64) -> Option<f64> {
+    (norm.is_finite() && norm > max_norm).then(|| max_norm / (norm + 1e-6))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use candle_core::{DType, Tensor, Var};
 use platter_rl::{DapoLoss, GrpoLoss, LossDiagnostics, PolicyLossInput};
 use serde::{Deserialize, Serialize};
 
-use crate::clip::clip_grad_norm;
+use crate::clip::{clip_grad_norm, clip_scale, squared_norm};
 use crate::collective::Collective;
 use crate::optim::AdamW;
 use crate::{Error, Result};
@@ -285,7 +285,8 @@ pub fn train_step<M: PolicyModel>(
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let flat = Tensor::cat(&parts, 0)?;
-        let mut loss_buf = [0f64];
+        let mut loss_buf = [loss_sum];
+        collective.all_reduce_sum_f64(&mut loss_buf)?;
         // Sharded (ZeRO-1): reduce-scatter, so each rank holds the summed gradient of its
         // chunk only; the global norm is the sum of the chunks' squared norms.
         let (grad_norm, update) = if let Some(len) = opt.shard_buffer_len() {
@@ -299,25 +300,16 @@ pub fn train_step<M: PolicyModel>(
                 flat
             };
             let chunk = collective.reduce_scatter_sum_tensor(&flat)?;
-            loss_buf[0] = loss_sum;
-            collective.all_reduce_sum_f64(&mut loss_buf)?;
-            let mut sq = [chunk
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?];
+            let mut sq = [squared_norm(&chunk)?];
             collective.all_reduce_sum_f64(&mut sq)?;
             let norm = sq[0].sqrt();
-            let chunk = if norm.is_finite() && norm > cfg.max_grad_norm {
-                (chunk * (cfg.max_grad_norm / (norm + 1e-6)))?
-            } else {
-                chunk
+            let chunk = match clip_scale(norm, cfg.max_grad_norm) {
+                Some(scale) => (chunk * scale)?,
+                None => chunk,
             };
             (norm, Update::Shard(chunk))
         } else {
             let flat = collective.all_reduce_sum_tensor(&flat)?;
-            loss_buf[0] = loss_sum;
-            collective.all_reduce_sum_f64(&mut loss_buf)?;
             let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(vars.len());
             let mut offset = 0;
             for v in &vars {
